@@ -1,0 +1,1 @@
+//! ASID allocation.

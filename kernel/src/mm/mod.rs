@@ -1,0 +1,8 @@
+//! Memory management: addresses, frames, the kernel heap, page tables, address spaces, ASIDs and
+//! the flush paths that keep every TLB (the CPU's and secondary ones) coherent.
+
+pub mod addr;
+pub mod asid;
+pub mod pgtable;
+
+pub use addr::{PhysAddr, VirtAddr, PAGE_SIZE};

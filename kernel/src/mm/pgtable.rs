@@ -1,0 +1,1 @@
+//! Stage-1 translation tables (Arm ARM D8).

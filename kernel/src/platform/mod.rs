@@ -1,0 +1,1 @@
+//! Device-tree discovery into a typed platform description.

@@ -1,0 +1,1 @@
+//! Host harness for the on-target test suites.
