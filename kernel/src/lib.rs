@@ -17,5 +17,23 @@
 
 extern crate alloc;
 
+pub mod bootargs;
+pub mod exception;
+pub mod ktest;
+pub mod logger;
 pub mod mm;
 pub mod platform;
+
+#[cfg(target_os = "none")]
+pub mod console;
+pub mod cpu;
+#[cfg(target_os = "none")]
+pub mod drivers;
+#[cfg(target_os = "none")]
+pub mod exit;
+#[cfg(target_os = "none")]
+pub mod init;
+#[cfg(target_os = "none")]
+mod panic;
+#[cfg(target_os = "none")]
+pub mod time;

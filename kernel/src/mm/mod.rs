@@ -3,6 +3,8 @@
 
 pub mod addr;
 pub mod asid;
+pub mod frame;
+pub mod heap;
 pub mod pgtable;
 
-pub use addr::{PhysAddr, VirtAddr, PAGE_SIZE};
+pub use addr::{PAGE_SIZE, PhysAddr, VirtAddr};

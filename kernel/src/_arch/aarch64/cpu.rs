@@ -1,0 +1,167 @@
+//! AArch64 CPU primitives: barriers, idle, identification, the generic timer's counter, and the
+//! firmware calls (PSCI over SMC/HVC, semihosting).
+
+use aarch64_cpu::{
+    asm::{self, barrier},
+    registers::*,
+};
+use core::arch::asm;
+use tock_registers::interfaces::{Readable, Writeable};
+
+/// Data synchronisation barrier, inner shareable (Arm ARM B2.3.12).
+#[inline(always)]
+pub fn dsb_ish() {
+    barrier::dsb(barrier::ISH);
+}
+
+/// Data synchronisation barrier for stores only, inner shareable.
+#[inline(always)]
+pub fn dsb_ishst() {
+    barrier::dsb(barrier::ISHST);
+}
+
+/// Full-system data synchronisation barrier (orders device accesses too).
+#[inline(always)]
+pub fn dsb_sy() {
+    barrier::dsb(barrier::SY);
+}
+
+/// Instruction synchronisation barrier.
+#[inline(always)]
+pub fn isb() {
+    barrier::isb(barrier::SY);
+}
+
+/// Wait for an interrupt. Wakes on a pending interrupt even while PSTATE.I masks it.
+#[inline(always)]
+pub fn wait_for_interrupt() {
+    asm::wfi();
+}
+
+/// Wait for an event (SEV from another CPU, or an interrupt).
+#[inline(always)]
+pub fn wait_for_event() {
+    asm::wfe();
+}
+
+/// Signal an event to all CPUs, waking those in WFE.
+#[inline(always)]
+pub fn send_event() {
+    asm::sev();
+}
+
+/// Spin-loop hint.
+#[inline(always)]
+pub fn relax() {
+    core::hint::spin_loop();
+}
+
+/// The affinity fields of this CPU's MPIDR_EL1 (Aff3:Aff2:Aff1:Aff0), as used by PSCI and GIC.
+pub fn mpidr_affinity() -> u64 {
+    MPIDR_EL1.get() & 0xFF_00FF_FFFF
+}
+
+/// Frequency of the system counter in Hz (CNTFRQ_EL0).
+pub fn counter_frequency() -> u64 {
+    CNTFRQ_EL0.get()
+}
+
+/// The virtual count (CNTVCT_EL0), ordered after earlier instructions by an ISB.
+pub fn counter() -> u64 {
+    isb();
+    CNTVCT_EL0.get()
+}
+
+/// Mask IRQs on this CPU and return whether they were unmasked before.
+pub fn irq_save() -> bool {
+    let was_enabled = !DAIF.is_set(DAIF::I);
+    DAIF.write(DAIF::D::Masked + DAIF::A::Masked + DAIF::I::Masked + DAIF::F::Masked);
+    was_enabled
+}
+
+/// Restore the IRQ mask state returned by [`irq_save`].
+pub fn irq_restore(was_enabled: bool) {
+    if was_enabled {
+        irq_enable();
+    }
+}
+
+/// Unmask IRQs (and SErrors) on this CPU.
+pub fn irq_enable() {
+    DAIF.write(DAIF::D::Masked + DAIF::A::Unmasked + DAIF::I::Unmasked + DAIF::F::Masked);
+}
+
+/// Whether IRQs are currently masked on this CPU.
+pub fn irqs_masked() -> bool {
+    DAIF.is_set(DAIF::I)
+}
+
+/// How firmware calls reach PSCI (from the DT `psci` node's `method`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conduit {
+    /// `hvc #0` (QEMU when the kernel starts at EL1).
+    Hvc,
+    /// `smc #0` (QEMU with `virtualization=on`).
+    Smc,
+}
+
+/// Issue an SMC Calling Convention call with up to three arguments and return x0.
+pub fn firmware_call(conduit: Conduit, function: u32, a1: u64, a2: u64, a3: u64) -> i64 {
+    let mut x0 = function as u64;
+    // SAFETY: an SMCCC call clobbers at most x0-x17 (SMCCC v1.1+ preserves x4-x17 but older
+    // firmware may not); all are declared clobbered. It does not touch our memory except as
+    // the PSCI function documents (CPU_ON reads nothing from memory).
+    unsafe {
+        match conduit {
+            Conduit::Hvc => {
+                asm!("hvc #0", inout("x0") x0, inout("x1") a1 => _, inout("x2") a2 => _,
+                inout("x3") a3 => _, out("x4") _, out("x5") _, out("x6") _, out("x7") _,
+                out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _,
+                out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _,
+                options(nostack))
+            }
+            Conduit::Smc => {
+                asm!("smc #0", inout("x0") x0, inout("x1") a1 => _, inout("x2") a2 => _,
+                inout("x3") a3 => _, out("x4") _, out("x5") _, out("x6") _, out("x7") _,
+                out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _,
+                out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _,
+                options(nostack))
+            }
+        }
+    }
+    x0 as i64
+}
+
+/// Semihosting `SYS_EXIT` (0x18) with `ADP_Stopped_ApplicationExit`: QEMU exits with `code`.
+///
+/// Needs QEMU's `-semihosting`; without it the `hlt` traps as an undefined instruction, which
+/// the exception handler reports (it then falls back to PSCI `SYSTEM_OFF`).
+pub fn semihosting_exit(code: u32) {
+    let block: [u64; 2] = [0x20026, code as u64];
+    // SAFETY: the semihosting call reads the two-word parameter block, which lives on our stack
+    // for the duration of the call; it writes only x0.
+    unsafe {
+        asm!("hlt #0xF000", inout("x0") 0x18u64 => _, in("x1") block.as_ptr(), options(nostack));
+    }
+}
+
+/// The current exception level (1 after the boot stub).
+pub fn current_el() -> u64 {
+    CurrentEL.read(CurrentEL::EL)
+}
+
+/// Install the exception vector table.
+pub fn set_vector_base(addr: u64) {
+    VBAR_EL1.set(addr);
+    isb();
+}
+
+/// The per-CPU data pointer (TPIDR_EL1), 0 before [`set_percpu_pointer`].
+pub fn percpu_pointer() -> u64 {
+    TPIDR_EL1.get()
+}
+
+/// Set the per-CPU data pointer of this CPU.
+pub fn set_percpu_pointer(ptr: u64) {
+    TPIDR_EL1.set(ptr);
+}

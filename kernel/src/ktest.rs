@@ -1,0 +1,201 @@
+//! On-target test registry and runner, on stable Rust.
+//!
+//! [`ktest!`](crate::ktest) places a [`KTest`] descriptor in the `.ktests` linker section;
+//! `linker.ld` brackets the section with `__ktests_start`/`__ktests_end`, so the runner sees
+//! every test linked into the image without a central list. Tests live next to the code they
+//! test.
+//!
+//! Output contract, read by the host harness (tests/): per test, any failure reason first,
+//! then exactly one line `test <module::name> ... ok` or `test <module::name> ... FAILED`;
+//! finally `N passed, N failed`. The exit status is 0 iff nothing failed. A panic inside a test
+//! prints `test <name> ... FAILED` from the panic handler before the panic exit.
+
+use alloc::string::String;
+
+/// The result of an on-target test: `Err` carries the reason.
+pub type TestResult = Result<(), String>;
+
+/// A registered on-target test.
+#[repr(C)]
+pub struct KTest {
+    /// `module::path::name` (without the crate name).
+    pub name: &'static str,
+    /// The test body.
+    pub func: fn() -> TestResult,
+}
+
+/// Register an on-target test: `ktest! { fn name() { ...; Ok(()) } }`.
+///
+/// Only compiled for the target; on the host the test and its registration disappear.
+#[macro_export]
+macro_rules! ktest {
+    ($(#[$meta:meta])* fn $name:ident() $body:block) => {
+        #[cfg(target_os = "none")]
+        $(#[$meta])*
+        fn $name() -> $crate::ktest::TestResult $body
+
+        #[cfg(target_os = "none")]
+        const _: () = {
+            #[used]
+            #[unsafe(link_section = ".ktests")]
+            static TEST: $crate::ktest::KTest = $crate::ktest::KTest {
+                name: $crate::ktest::strip_crate(concat!(module_path!(), "::", stringify!($name))),
+                func: $name,
+            };
+        };
+    };
+}
+
+/// Fail the current on-target test with a formatted reason unless `cond` holds.
+#[macro_export]
+macro_rules! kassert {
+    ($cond:expr $(,)?) => {
+        if !$cond {
+            return Err(alloc::format!("assertion failed: {} ({}:{})", stringify!($cond), file!(), line!()));
+        }
+    };
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            return Err(alloc::format!("{} ({}:{})", format_args!($($arg)+), file!(), line!()));
+        }
+    };
+}
+
+/// Fail the current on-target test unless the two values are equal.
+#[macro_export]
+macro_rules! kassert_eq {
+    ($left:expr, $right:expr $(,)?) => {{
+        let (l, r) = (&$left, &$right);
+        if l != r {
+            return Err(alloc::format!(
+                "assertion failed: {} == {}: left {:?}, right {:?} ({}:{})",
+                stringify!($left), stringify!($right), l, r, file!(), line!()
+            ));
+        }
+    }};
+    ($left:expr, $right:expr, $($arg:tt)+) => {{
+        let (l, r) = (&$left, &$right);
+        if l != r {
+            return Err(alloc::format!(
+                "{}: left {:?}, right {:?} ({}:{})",
+                format_args!($($arg)+), l, r, file!(), line!()
+            ));
+        }
+    }};
+}
+
+/// `module_path!()` starts with the crate name; test names are reported without it.
+pub const fn strip_crate(path: &'static str) -> &'static str {
+    let bytes = path.as_bytes();
+    let prefix = b"kernel::";
+    if bytes.len() > prefix.len() {
+        let mut i = 0;
+        while i < prefix.len() && bytes[i] == prefix[i] {
+            i += 1;
+        }
+        if i == prefix.len() {
+            let (_, rest) = bytes.split_at(prefix.len());
+            // Splitting after an ASCII prefix keeps valid UTF-8, so this never fails.
+            return match core::str::from_utf8(rest) {
+                Ok(s) => s,
+                Err(_) => path,
+            };
+        }
+    }
+    path
+}
+
+#[cfg(target_os = "none")]
+mod runner {
+    use super::KTest;
+    use crate::{exit, println, time};
+    use alloc::vec::Vec;
+    use core::sync::atomic::{AtomicPtr, Ordering};
+
+    unsafe extern "C" {
+        static __ktests_start: u8;
+        static __ktests_end: u8;
+    }
+
+    /// The test currently running, for the panic handler.
+    static CURRENT: AtomicPtr<KTest> = AtomicPtr::new(core::ptr::null_mut());
+
+    /// All registered tests, sorted by name (link order is not source order).
+    pub fn all() -> Vec<&'static KTest> {
+        // SAFETY: the linker script places only `KTest` values (from `ktest!`) between the two
+        // symbols, aligned for KTest; the section is read-only data that lives forever.
+        let tests: &'static [KTest] = unsafe {
+            let start = (&raw const __ktests_start).cast::<KTest>();
+            let end = (&raw const __ktests_end).cast::<KTest>();
+            core::slice::from_raw_parts(start, end.offset_from(start) as usize)
+        };
+        let mut v: Vec<&'static KTest> = tests.iter().collect();
+        v.sort_by(|a, b| a.name.cmp(b.name));
+        v
+    }
+
+    /// The name of the test that is running, if any.
+    pub fn current() -> Option<&'static str> {
+        let p = CURRENT.load(Ordering::Relaxed);
+        // SAFETY: CURRENT only ever holds null or a pointer to a KTest in the static section.
+        unsafe { p.as_ref() }.map(|t| t.name)
+    }
+
+    /// Run every test whose name contains `filter`, print the summary, and exit.
+    pub fn run(filter: &str) -> ! {
+        let selected: Vec<_> = all()
+            .into_iter()
+            .filter(|t| t.name.contains(filter))
+            .collect();
+        println!(
+            "running {} on-target tests (filter {:?})",
+            selected.len(),
+            filter
+        );
+        let (mut passed, mut failed) = (0usize, 0usize);
+        let suite_start = time::now_ns();
+        for test in &selected {
+            CURRENT.store((*test as *const KTest).cast_mut(), Ordering::Relaxed);
+            let start = time::now_ns();
+            let result = (test.func)();
+            let ms = (time::now_ns() - start) / 1_000_000;
+            match result {
+                Ok(()) => {
+                    passed += 1;
+                    log::debug!("{} took {} ms", test.name, ms);
+                    println!("test {} ... ok", test.name);
+                }
+                Err(reason) => {
+                    failed += 1;
+                    for line in reason.lines() {
+                        println!("    {line}");
+                    }
+                    println!("test {} ... FAILED", test.name);
+                }
+            }
+        }
+        CURRENT.store(core::ptr::null_mut(), Ordering::Relaxed);
+        println!(
+            "on-target suite time: {} ms",
+            (time::now_ns() - suite_start) / 1_000_000
+        );
+        println!("{passed} passed, {failed} failed");
+        exit::exit(if failed == 0 {
+            exit::ExitStatus::Success
+        } else {
+            exit::ExitStatus::TestsFailed
+        })
+    }
+}
+#[cfg(target_os = "none")]
+pub use runner::{all, current, run};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn strips_only_the_crate_prefix() {
+        assert_eq!(super::strip_crate("kernel::mm::flush::t"), "mm::flush::t");
+        assert_eq!(super::strip_crate("other::x"), "other::x");
+        assert_eq!(super::strip_crate("kernel::"), "kernel::");
+    }
+}

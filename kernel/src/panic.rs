@@ -1,0 +1,19 @@
+//! The panic handler: message and location on the console, then a distinct exit status.
+
+use crate::{exit, ktest, println};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+static PANICKING: AtomicBool = AtomicBool::new(false);
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    if PANICKING.swap(true, Ordering::SeqCst) {
+        // A panic while reporting a panic: leave without formatting anything.
+        exit::exit(exit::ExitStatus::Panic);
+    }
+    println!("\n*** PANIC on CPU {}: {}", crate::cpu::index(), info);
+    if let Some(test) = ktest::current() {
+        println!("test {test} ... FAILED");
+    }
+    exit::exit(exit::ExitStatus::Panic)
+}
