@@ -2,8 +2,12 @@
 use std::{env, path::PathBuf};
 
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let script = manifest.join("../linker.ld").canonicalize().expect("linker.ld at the workspace root");
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let script = manifest
+        .join("../linker.ld")
+        .canonicalize()
+        .expect("linker.ld at the workspace root");
     // Cargo does not track files passed with -T: without this an edit of linker.ld would not relink.
     println!("cargo:rerun-if-changed={}", script.display());
     if env::var("TARGET").as_deref() == Ok("aarch64-unknown-none") {

@@ -199,3 +199,22 @@ mod tests {
         assert_eq!(super::strip_crate("kernel::"), "kernel::");
     }
 }
+
+// Deliberately failing tests, compiled only into the harness self-test image: they prove the
+// host harness notices a failing on-target test, a panic, and an unexpected exception.
+#[cfg(feature = "harness-selftest")]
+mod harness_selftest {
+    crate::ktest! {
+        fn harness_selftest_reports_failure() {
+            Err(alloc::string::String::from(
+                "deliberate failure: the harness must report this test as FAILED",
+            ))
+        }
+    }
+
+    crate::ktest! {
+        fn harness_selftest_zz_panic() {
+            panic!("deliberate panic: the harness must report a panic");
+        }
+    }
+}

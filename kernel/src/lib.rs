@@ -37,3 +37,5 @@ pub mod init;
 mod panic;
 #[cfg(target_os = "none")]
 pub mod time;
+#[cfg(target_os = "none")]
+pub mod smp;

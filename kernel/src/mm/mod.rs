@@ -5,6 +5,7 @@ pub mod addr;
 pub mod asid;
 pub mod frame;
 pub mod heap;
+pub mod kernel_map;
 pub mod pgtable;
 
 pub use addr::{PAGE_SIZE, PhysAddr, VirtAddr};

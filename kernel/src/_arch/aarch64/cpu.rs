@@ -165,3 +165,54 @@ pub fn percpu_pointer() -> u64 {
 pub fn set_percpu_pointer(ptr: u64) {
     TPIDR_EL1.set(ptr);
 }
+
+/// The current TTBR1_EL1 (kernel translation table base).
+pub fn ttbr1() -> u64 {
+    TTBR1_EL1.get()
+}
+
+/// The current TTBR0_EL1 (lower-half table base and ASID).
+pub fn ttbr0() -> u64 {
+    TTBR0_EL1.get()
+}
+
+/// Install `value` (table PA | ASID << 48) in TTBR0_EL1.
+///
+/// The caller is responsible for TLB maintenance: with distinct ASIDs per address space no
+/// invalidation is needed on a switch (Arm ARM D8.15.1), and ASID reuse is handled by the
+/// allocator's rollover flush.
+pub fn set_ttbr0(value: u64) {
+    TTBR0_EL1.set(value);
+    isb();
+}
+
+/// Size of the smallest data cache line (CTR_EL0.DminLine, in 4-byte words).
+fn dcache_line_size() -> u64 {
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects.
+    unsafe { asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
+    4 << ((ctr >> 16) & 0xF)
+}
+
+/// Clean the data cache for `[va, va + len)` to the point of coherency (`DC CVAC`), so an
+/// observer with caches off (a CPU starting up) sees the data.
+pub fn clean_dcache_range(va: u64, len: u64) {
+    let line = dcache_line_size();
+    let mut addr = va & !(line - 1);
+    while addr < va + len {
+        // SAFETY: cache maintenance by VA on a mapped kernel address has no effect on the
+        // program's view of memory.
+        unsafe { asm!("dc cvac, {}", in(reg) addr, options(nostack)) };
+        addr += line;
+    }
+    dsb_sy();
+}
+
+/// Invalidate every EL1 TLB entry of this CPU only (`TLBI VMALLE1`, not broadcast).
+pub fn tlb_invalidate_all_local() {
+    dsb_ishst();
+    // SAFETY: TLB invalidation only forces re-walks of the current tables.
+    unsafe { asm!("tlbi vmalle1", options(nostack)) };
+    barrier::dsb(barrier::NSH);
+    isb();
+}

@@ -1,1 +1,0 @@
-//! Stage-1 translation tables (Arm ARM D8).
