@@ -28,6 +28,7 @@
 
 extern crate alloc;
 
+pub mod command;
 pub mod features;
 pub mod hal;
 pub mod regs;
