@@ -28,7 +28,13 @@
 
 extern crate alloc;
 
+pub mod cmdq;
 pub mod command;
 pub mod features;
 pub mod hal;
+pub mod queue;
 pub mod regs;
+pub mod stats;
+
+#[cfg(test)]
+mod fake;
