@@ -28,6 +28,7 @@
 
 extern crate alloc;
 
+pub mod cd;
 pub mod cmdq;
 pub mod command;
 pub mod features;
@@ -35,6 +36,9 @@ pub mod hal;
 pub mod queue;
 pub mod regs;
 pub mod stats;
+pub mod ste;
+pub mod strtab;
+pub mod writer;
 
 #[cfg(test)]
 mod fake;
