@@ -1,9 +1,42 @@
 //! The boot sequence, from the assembly stub's hand-off to the main job or the test runner.
 
 use crate::{
-    bootargs::BootArgs, console, cpu, exception, exit, exit::ExitStatus, logger, mm, println,
+    bootargs::BootArgs,
+    console, cpu,
+    drivers::{gic, timer},
+    exception, exit,
+    exit::ExitStatus,
+    logger,
+    mm::{self, PhysAddr, frame::PhysRange},
+    platform::{self, GicRegs, Platform},
+    println, smp,
 };
-use log::info;
+use alloc::{string::String, vec::Vec};
+use log::{info, warn};
+use spin::Once;
+
+/// How much RAM the heap takes from the frame allocator at boot (on top of its static seed).
+const HEAP_GROWTH: u64 = 32 << 20;
+
+static PLATFORM: Once<Platform> = Once::new();
+static BOOTARGS: Once<String> = Once::new();
+
+/// The machine as the device tree describes it (available once the boot CPU parsed it).
+pub fn platform() -> &'static Platform {
+    PLATFORM
+        .get()
+        .expect("platform() used before the device tree was parsed")
+}
+
+/// The boot arguments.
+pub fn bootargs() -> BootArgs<'static> {
+    BootArgs::new(BOOTARGS.get().map_or("", |s| s.as_str()))
+}
+
+unsafe extern "C" {
+    static __image_start: u8;
+    static __image_end: u8;
+}
 
 /// Entered from the boot stub with the MMU on (bootstrap tables), on the boot stack, IRQs
 /// masked, at EL1.
@@ -18,26 +51,151 @@ pub unsafe fn kernel_init(dtb_pa: u64, image_pa: u64) -> ! {
     exception::install_vectors();
     // SAFETY: the bootstrap tables map the first GiB of the physical address space as device
     // memory in the linear window, and QEMU virt's PL011 is there; nothing else uses it.
-    unsafe { console::set_uart(mm::PhysAddr(console::EARLY_UART_PHYS).to_virt().0 as usize) };
+    unsafe { console::set_uart(PhysAddr(console::EARLY_UART_PHYS).to_virt().0 as usize) };
     mm::heap::init_seed();
+    let boot_start_ns = crate::time::now_ns();
 
     println!(
-        "\nsmmu-sva unikernel booting (image at {image_pa:#x}, EL{})",
+        "\nsmmu-sva unikernel: booting at EL{}, image at {image_pa:#x}",
         cpu::current_el()
     );
+    // SAFETY: the boot stub passes the device tree's physical address, which lies in RAM
+    // covered by the bootstrap linear map; the kernel never writes to it.
+    let dtb = unsafe { device_tree(dtb_pa) };
+    let platform = match Platform::discover(dtb) {
+        Ok(p) => PLATFORM.call_once(|| p),
+        Err(e) => boot_error(&alloc::format!("device tree at {dtb_pa:#x}: {e}")),
+    };
+    let args = BootArgs::new(BOOTARGS.call_once(|| platform.bootargs.clone()));
+    let level = match args.get("log") {
+        Some(Some(v)) => logger::parse_level(v).unwrap_or_else(|| {
+            println!("bootargs: unknown log level {v:?}, using info");
+            log::LevelFilter::Info
+        }),
+        _ => log::LevelFilter::Info,
+    };
+    logger::init(level);
+    exit::set_psci_conduit(match platform.psci.conduit {
+        platform::Conduit::Hvc => cpu::Conduit::Hvc,
+        platform::Conduit::Smc => cpu::Conduit::Smc,
+    });
+    if platform.uart.reg.base != console::EARLY_UART_PHYS {
+        // SAFETY: the device tree names this PL011 as the console; the bootstrap map covers the
+        // first GiB of devices, and the final kernel map maps it too.
+        unsafe { console::set_uart(PhysAddr(platform.uart.reg.base).to_virt().0 as usize) };
+    }
+    info!(
+        "device tree at {dtb_pa:#x} ({} bytes), bootargs {:?}",
+        platform.dtb_size,
+        args.raw()
+    );
+    for key in args.unknown_keys() {
+        warn!("bootargs: unknown key {key:?} ignored");
+    }
+
+    init_memory(platform, dtb_pa, image_pa);
+    platform.log_summary();
+    init_interrupts(platform);
+    smp::init_boot_cpu();
+    let mpidrs: Vec<u64> = platform.cpus.iter().map(|c| c.mpidr).collect();
+    match smp::start_secondaries(&mpidrs, exit::psci_conduit().expect("conduit set above")) {
+        Ok(n) => info!("{n} CPUs online"),
+        Err(e) => boot_error(&alloc::format!("starting secondary CPUs: {e}")),
+    }
+    cpu::irq_enable();
+    info!(
+        "boot took {} us",
+        (crate::time::now_ns() - boot_start_ns) / 1000
+    );
+
+    match args.get("ktest") {
+        Some(filter) => crate::ktest::run(filter.unwrap_or("")),
+        None => crate::demo::main(),
+    }
+}
+
+/// The device tree blob at `dtb_pa`, after checking its header.
+///
+/// # Safety
+/// `dtb_pa`, if non-zero, must be the physical address of memory mapped in the linear window
+/// that nobody writes while the kernel runs.
+unsafe fn device_tree(dtb_pa: u64) -> &'static [u8] {
     if dtb_pa == 0 {
         boot_error("no device tree: x0 was 0 and none lies 2 MiB below the image");
     }
-    logger::init(log::LevelFilter::Info);
-    info!("device tree at {dtb_pa:#x}");
+    let va = PhysAddr(dtb_pa).to_virt().0 as *const u8;
+    // SAFETY: the header is 40 bytes of mapped RAM (caller's contract).
+    let header = unsafe { core::slice::from_raw_parts(va, 40) };
+    let size = match platform::dtb_total_size(header) {
+        Ok(s) => s,
+        Err(e) => boot_error(&alloc::format!("device tree at {dtb_pa:#x}: {e}")),
+    };
+    // SAFETY: as above, for the size the header declares.
+    unsafe { core::slice::from_raw_parts(va, size) }
+}
 
-    let args = BootArgs::new("");
-    match args.get("ktest") {
-        Some(filter) => crate::ktest::run(filter.unwrap_or("")),
-        None => {
-            info!("main job: nothing to do yet");
-            exit::shutdown()
+fn init_memory(platform: &Platform, dtb_pa: u64, image_pa: u64) {
+    let image_size = (&raw const __image_end) as u64 - (&raw const __image_start) as u64;
+    let memory: Vec<PhysRange> = platform
+        .memory
+        .iter()
+        .map(|r| PhysRange::new(r.base, r.size))
+        .collect();
+    let mut reserved: Vec<PhysRange> = platform
+        .reserved
+        .iter()
+        .map(|r| PhysRange::new(r.region.base, r.region.size))
+        .collect();
+    reserved.push(PhysRange::new(image_pa, image_size));
+    reserved.push(PhysRange::new(dtb_pa, platform.dtb_size as u64));
+    mm::frame::init(&memory, &reserved);
+    let heap = mm::frame::alloc_zeroed(HEAP_GROWTH, mm::PAGE_SIZE)
+        .unwrap_or_else(|e| boot_error(&alloc::format!("kernel heap: {e}")));
+    // SAFETY: the block was just taken from the frame allocator and is mapped in the linear
+    // window; the heap owns it from now on.
+    unsafe { mm::heap::grow(heap.to_virt().0 as usize, HEAP_GROWTH as usize) };
+    if let Err(e) = mm::kernel_map::init() {
+        boot_error(&alloc::format!("kernel page tables: {e}"));
+    }
+    let (used, total) = mm::frame::usage();
+    info!(
+        "memory: {} MiB RAM, image {:#x}+{:#x}, {} MiB free for frames",
+        memory.iter().map(|r| r.end - r.start).sum::<u64>() >> 20,
+        image_pa,
+        image_size,
+        ((total - used) * mm::PAGE_SIZE) >> 20
+    );
+}
+
+fn init_interrupts(platform: &Platform) {
+    let gic = match &platform.gic.regs {
+        // SAFETY: the device tree names these register frames; they are mapped as device
+        // memory in the linear window and used only by the GIC driver.
+        GicRegs::V2 { gicd, gicc, .. } => unsafe {
+            gic::Gic::V2(gic::v2::GicV2::new(
+                PhysAddr(gicd.base).to_virt().0 as usize,
+                PhysAddr(gicc.base).to_virt().0 as usize,
+            ))
+        },
+        GicRegs::V3 { gicd, gicr, .. } => {
+            let Some(rd) = gicr.first() else {
+                boot_error("GICv3 without a redistributor region");
+            };
+            // SAFETY: as above.
+            unsafe {
+                gic::Gic::V3(gic::v3::GicV3::new(
+                    PhysAddr(gicd.base).to_virt().0 as usize,
+                    PhysAddr(rd.base).to_virt().0 as usize,
+                    rd.size as usize,
+                ))
+            }
         }
+    };
+    if let Err(e) = gic::init(gic) {
+        boot_error(&alloc::format!("interrupt controller: {e}"));
+    }
+    if let Err(e) = timer::init(platform.timer.virt.intid) {
+        boot_error(&alloc::format!("virtual timer: {e}"));
     }
 }
 

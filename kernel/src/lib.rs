@@ -39,3 +39,5 @@ mod panic;
 pub mod time;
 #[cfg(target_os = "none")]
 pub mod smp;
+#[cfg(target_os = "none")]
+pub mod demo;

@@ -168,7 +168,7 @@ impl Platform {
     pub fn log_summary(&self) {
         // The closure cannot fail; the `fmt::Result` plumbing is shared with `Display`.
         let _ = self.summary(|line| {
-            log::info!("platform: {line}");
+            log::info!("{line}");
             Ok(())
         });
     }

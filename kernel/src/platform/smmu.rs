@@ -73,7 +73,7 @@ pub fn discover(tree: &Tree<'_>, gic: &IrqDomain) -> Result<Option<SmmuV3>, Plat
                     "combined" => &mut irqs.combined,
                     other => {
                         log::warn!(
-                            "platform: {}: ignoring unknown SMMU interrupt {other:?}",
+                            "{}: ignoring unknown SMMU interrupt {other:?}",
                             tree.path(node)
                         );
                         continue;
