@@ -1,0 +1,46 @@
+//! The harness self-test: boot an image with deliberately failing on-target tests (feature
+//! `harness-selftest`) and check that the harness reports failure and names them. Proves the
+//! harness can fail. Boots QEMU, so scripts/test runs it with `--ignored`.
+
+use harness::{
+    build,
+    suites::{self, Options},
+    verdict::Failure,
+};
+
+#[test]
+#[ignore = "boots QEMU; run by scripts/test"]
+fn harness_reports_the_deliberately_failing_on_target_tests() {
+    let root = harness::repo_root();
+    let opts = Options {
+        filter: "harness_selftest".into(),
+        features: vec!["harness-selftest".into()],
+        ..Options::default()
+    };
+    let features: Vec<&str> = opts.features.iter().map(String::as_str).collect();
+    let kernel = build::build_kernel(&root, &features).expect("build the image");
+    let suite = suites::find("default").expect("the default suite");
+    let result = suites::run_suite(&root, &kernel, suite, "", &[], &opts).expect("boot QEMU");
+    let v = &result.verdict;
+
+    assert!(!v.passed(), "the harness passed a run of failing tests");
+    let failed: Vec<_> = v.failed_tests().collect();
+    assert!(!failed.is_empty(), "no failed test named: {v}");
+    for t in &failed {
+        assert!(
+            t.name.contains("harness_selftest"),
+            "unexpected failed test {}",
+            t.name
+        );
+        assert!(!t.reasons.is_empty(), "no reason reported for {}", t.name);
+    }
+    for f in &v.failures {
+        assert!(
+            !matches!(
+                f,
+                Failure::TimedOut(_) | Failure::Deadlock | Failure::BootError(_)
+            ),
+            "the self-test image did not run its tests: {f}"
+        );
+    }
+}
