@@ -2,10 +2,13 @@
 //! the flush paths that keep every TLB (the CPU's and secondary ones) coherent.
 
 pub mod addr;
+pub mod address_space;
 pub mod asid;
+pub mod flush;
 pub mod frame;
 pub mod heap;
 pub mod kernel_map;
+pub mod notifier;
 pub mod pgtable;
 
 pub use addr::{PAGE_SIZE, PhysAddr, VirtAddr};

@@ -1,0 +1,565 @@
+//! Secondary TLBs: non-CPU TLBs (the SMMU's) that cache translations from the CPU's own page
+//! tables and never see the CPU's TLBI instructions.
+//!
+//! # Why
+//!
+//! An address space shared with a device through the SMMU (SVA) is walked by two MMUs. The CPU's
+//! TLBs are kept coherent by broadcast `TLBI … IS`; the SMMU's is not (QEMU's SMMUv3 has no
+//! broadcast TLB maintenance, and Linux runs real SMMUs with `CR2.PTM = 1` too). Every flush path
+//! therefore calls [`SecondaryTlbs::notify`] at the same point as its CPU TLBI — after the
+//! `DSB ISHST` that published the page-table stores, before the final `DSB ISH` — and returns only
+//! once every secondary TLB has completed its invalidation (for the SMMU: TLBI commands +
+//! `CMD_SYNC` consumed). This is the Linux ≥ 6.6 design (`mmu_notifier_arch_invalidate_
+//! secondary_tlbs()` called from the arm64 TLB flush primitives).
+//!
+//! # Modes
+//!
+//! A global [`SecondaryTlbMode`], set from the `secondary_tlb=` boot argument, exists so tests
+//! and demos can run negative controls:
+//!
+//! - `sync` (default, correct): every flush is also sent to every secondary TLB.
+//! - `legacy`: reproduces the pre-6.6 Linux bug exactly — secondary TLBs are *not* told about
+//!   flushes that only upgraded permissions of valid entries (RO→RW in place, the write-fault
+//!   path), and are told about everything else. A device then keeps faulting on its stale
+//!   read-only entry.
+//! - `off`: secondary TLBs are never told.
+
+use alloc::{string::String, sync::Arc, vec::Vec};
+use core::{
+    fmt,
+    str::FromStr,
+    sync::atomic::{AtomicU8, AtomicU64, Ordering},
+};
+
+use spin::RwLock;
+
+use crate::mm::flush::{FlushCause, FlushError, FlushRange, FlushStats};
+
+/// A TLB outside the CPU that caches translations from shared page tables.
+///
+/// Implementations are called with page-table locks held and possibly on several CPUs at once:
+/// they must not sleep, must not call back into the address space, and must be internally
+/// synchronised.
+pub trait SecondaryTlb: Send + Sync {
+    /// A short name for logs and errors.
+    fn name(&self) -> &str;
+
+    /// Invalidates every entry for `asid` that translates an address in `range`
+    /// ([`FlushRange::All`]: every entry of `asid`), including cached walks, and returns only
+    /// once the invalidation is complete.
+    ///
+    /// # Errors
+    ///
+    /// [`SecondaryTlbError`] if the invalidation could not be completed; the caller then treats
+    /// the page-table change as not yet safe (frames stay allocated).
+    fn invalidate(
+        &self,
+        asid: u16,
+        range: FlushRange,
+        cause: FlushCause,
+    ) -> Result<(), SecondaryTlbError>;
+}
+
+/// Why a secondary TLB could not invalidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecondaryTlbError {
+    /// The completion wait (e.g. `CMD_SYNC`) timed out.
+    Timeout,
+    /// The device reported a command error.
+    CommandError,
+    /// The device is not operational.
+    Unavailable,
+    /// Another failure.
+    Other(&'static str),
+}
+
+impl fmt::Display for SecondaryTlbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecondaryTlbError::Timeout => f.write_str("invalidation completion timed out"),
+            SecondaryTlbError::CommandError => f.write_str("invalidation command error"),
+            SecondaryTlbError::Unavailable => f.write_str("device unavailable"),
+            SecondaryTlbError::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mode
+// ---------------------------------------------------------------------------------------------
+
+/// How flushes are reported to secondary TLBs (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum SecondaryTlbMode {
+    /// Every flush (correct; the default).
+    Sync = 0,
+    /// Every flush except permission upgrades (the pre-Linux-6.6 bug).
+    Legacy = 1,
+    /// None.
+    Off = 2,
+}
+
+const NO_OVERRIDE: u8 = 0xFF;
+
+impl SecondaryTlbMode {
+    /// Whether a flush with this `upgrade_only` flag is reported in this mode.
+    pub const fn should_notify(self, upgrade_only: bool) -> bool {
+        match self {
+            SecondaryTlbMode::Sync => true,
+            SecondaryTlbMode::Legacy => !upgrade_only,
+            SecondaryTlbMode::Off => false,
+        }
+    }
+
+    /// The boot-argument spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SecondaryTlbMode::Sync => "sync",
+            SecondaryTlbMode::Legacy => "legacy",
+            SecondaryTlbMode::Off => "off",
+        }
+    }
+
+    const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => SecondaryTlbMode::Legacy,
+            2 => SecondaryTlbMode::Off,
+            _ => SecondaryTlbMode::Sync,
+        }
+    }
+}
+
+impl fmt::Display for SecondaryTlbMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown `secondary_tlb=` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseModeError(pub String);
+
+impl fmt::Display for ParseModeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown secondary_tlb mode {:?} (expected sync, legacy or off)",
+            self.0
+        )
+    }
+}
+
+impl FromStr for SecondaryTlbMode {
+    type Err = ParseModeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sync" => Ok(SecondaryTlbMode::Sync),
+            "legacy" => Ok(SecondaryTlbMode::Legacy),
+            "off" => Ok(SecondaryTlbMode::Off),
+            other => Err(ParseModeError(String::from(other))),
+        }
+    }
+}
+
+/// Boot-argument key.
+pub const BOOTARG_KEY: &str = "secondary_tlb";
+
+static MODE: AtomicU8 = AtomicU8::new(SecondaryTlbMode::Sync as u8);
+
+/// Sets the global mode.
+pub fn set_mode(mode: SecondaryTlbMode) {
+    MODE.store(mode as u8, Ordering::Release);
+}
+
+/// The global mode.
+pub fn mode() -> SecondaryTlbMode {
+    SecondaryTlbMode::from_u8(MODE.load(Ordering::Acquire))
+}
+
+/// Finds `secondary_tlb=<mode>` among the whitespace-separated words of a command line (the last
+/// occurrence wins, as with Linux boot parameters).
+///
+/// # Errors
+///
+/// [`ParseModeError`] if the key is present with an unknown value.
+pub fn parse_bootargs(cmdline: &str) -> Result<Option<SecondaryTlbMode>, ParseModeError> {
+    let mut found = None;
+    for word in cmdline.split_ascii_whitespace() {
+        if let Some((key, value)) = word.split_once('=')
+            && key == BOOTARG_KEY
+        {
+            found = Some(value.parse()?);
+        }
+    }
+    Ok(found)
+}
+
+/// Parses the command line and sets the global mode if the key is present; returns the mode in
+/// effect afterwards.
+///
+/// # Errors
+///
+/// [`ParseModeError`] for an unknown value (the mode is then left unchanged).
+pub fn init_from_bootargs(cmdline: &str) -> Result<SecondaryTlbMode, ParseModeError> {
+    if let Some(m) = parse_bootargs(cmdline)? {
+        set_mode(m);
+    }
+    Ok(mode())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration list
+// ---------------------------------------------------------------------------------------------
+
+/// Identifies one registration in a [`SecondaryTlbs`] list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SecondaryTlbHandle(u64);
+
+/// The secondary TLBs attached to one address space.
+///
+/// Registration takes the write lock; flushes hold the read lock while they notify, so several
+/// CPUs may flush at once, and an unregistration waits for in-flight notifications to finish
+/// (after which the removed TLB is never called again by a flush).
+pub struct SecondaryTlbs {
+    list: RwLock<Vec<(SecondaryTlbHandle, Arc<dyn SecondaryTlb>)>>,
+    next_id: AtomicU64,
+    mode_override: AtomicU8,
+}
+
+impl Default for SecondaryTlbs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SecondaryTlbs {
+    /// An empty list following the global mode.
+    pub const fn new() -> Self {
+        Self {
+            list: RwLock::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            mode_override: AtomicU8::new(NO_OVERRIDE),
+        }
+    }
+
+    /// Adds a secondary TLB.
+    pub fn register(&self, tlb: Arc<dyn SecondaryTlb>) -> SecondaryTlbHandle {
+        let h = SecondaryTlbHandle(self.next_id.fetch_add(1, Ordering::Relaxed));
+        self.list.write().push((h, tlb));
+        h
+    }
+
+    /// Removes a registration, returning the TLB, or `None` if the handle is unknown.
+    pub fn unregister(&self, handle: SecondaryTlbHandle) -> Option<Arc<dyn SecondaryTlb>> {
+        let mut list = self.list.write();
+        let i = list.iter().position(|(h, _)| *h == handle)?;
+        Some(list.remove(i).1)
+    }
+
+    /// Number of registered TLBs.
+    pub fn len(&self) -> usize {
+        self.list.read().len()
+    }
+
+    /// Whether none is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Overrides the global mode for this list only (`None`: follow the global mode). Lets tests
+    /// run side by side without sharing the global switch.
+    pub fn set_mode_override(&self, mode: Option<SecondaryTlbMode>) {
+        self.mode_override
+            .store(mode.map_or(NO_OVERRIDE, |m| m as u8), Ordering::Release);
+    }
+
+    /// The mode in effect for this list.
+    pub fn effective_mode(&self) -> SecondaryTlbMode {
+        match self.mode_override.load(Ordering::Acquire) {
+            NO_OVERRIDE => mode(),
+            m => SecondaryTlbMode::from_u8(m),
+        }
+    }
+
+    /// Reports one flush to every registered TLB, synchronously, as the mode allows.
+    ///
+    /// # Errors
+    ///
+    /// [`FlushError::Secondary`] naming the first failure; every TLB is still attempted.
+    pub fn notify(
+        &self,
+        asid: u16,
+        range: FlushRange,
+        cause: FlushCause,
+        upgrade_only: bool,
+        stats: Option<&FlushStats>,
+    ) -> Result<(), FlushError> {
+        let list = self.list.read();
+        if list.is_empty() {
+            return Ok(());
+        }
+        if !self.effective_mode().should_notify(upgrade_only) {
+            if let Some(s) = stats {
+                s.add_secondary(0, list.len() as u64, 0);
+            }
+            return Ok(());
+        }
+        let mut first_err: Option<FlushError> = None;
+        let mut failures = 0;
+        for (_, tlb) in list.iter() {
+            if let Err(e) = tlb.invalidate(asid, range, cause) {
+                failures += 1;
+                log::error!(
+                    "secondary TLB {}: invalidate asid {asid} {range:?}: {e}",
+                    tlb.name()
+                );
+                if first_err.is_none() {
+                    first_err = Some(FlushError::Secondary {
+                        name: String::from(tlb.name()),
+                        error: e,
+                        failures: 0,
+                    });
+                }
+            }
+        }
+        if let Some(s) = stats {
+            s.add_secondary(list.len() as u64, 0, failures as u64);
+        }
+        match first_err {
+            Some(FlushError::Secondary { name, error, .. }) => Err(FlushError::Secondary {
+                name,
+                error,
+                failures,
+            }),
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Reports one invalidation to a single TLB (teardown of a registration), as the mode allows
+    /// (`off` skips it; `legacy` sends it, since it is not an upgrade).
+    ///
+    /// # Errors
+    ///
+    /// The TLB's error.
+    pub fn notify_one(
+        &self,
+        tlb: &dyn SecondaryTlb,
+        asid: u16,
+        range: FlushRange,
+        cause: FlushCause,
+    ) -> Result<(), SecondaryTlbError> {
+        if self.effective_mode().should_notify(false) {
+            tlb.invalidate(asid, range, cause)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::atomic::{AtomicBool, AtomicUsize},
+        thread,
+        vec::Vec,
+    };
+
+    use super::*;
+    use crate::mm::{
+        addr::VirtAddr,
+        pgtable::fake::{Log, RecordingSecondary},
+    };
+
+    #[test]
+    fn parse_modes_and_bootargs() {
+        assert_eq!("sync".parse(), Ok(SecondaryTlbMode::Sync));
+        assert_eq!("legacy".parse(), Ok(SecondaryTlbMode::Legacy));
+        assert_eq!("off".parse(), Ok(SecondaryTlbMode::Off));
+        assert_eq!(
+            "Sync".parse::<SecondaryTlbMode>(),
+            Err(ParseModeError("Sync".into()))
+        );
+        assert_eq!(parse_bootargs(""), Ok(None));
+        assert_eq!(parse_bootargs("console=ttyAMA0 quiet"), Ok(None));
+        assert_eq!(
+            parse_bootargs("console=ttyAMA0 secondary_tlb=legacy quiet"),
+            Ok(Some(SecondaryTlbMode::Legacy))
+        );
+        assert_eq!(
+            parse_bootargs("secondary_tlb=off\tsecondary_tlb=sync"),
+            Ok(Some(SecondaryTlbMode::Sync))
+        );
+        assert_eq!(
+            parse_bootargs("xsecondary_tlb=off secondary_tlbs=off"),
+            Ok(None)
+        );
+        assert_eq!(
+            parse_bootargs("secondary_tlb="),
+            Err(ParseModeError(String::new()))
+        );
+        assert_eq!(
+            parse_bootargs("secondary_tlb=lazy"),
+            Err(ParseModeError("lazy".into()))
+        );
+        for m in [
+            SecondaryTlbMode::Sync,
+            SecondaryTlbMode::Legacy,
+            SecondaryTlbMode::Off,
+        ] {
+            assert_eq!(m.as_str().parse(), Ok(m));
+        }
+    }
+
+    #[test]
+    fn mode_matrix() {
+        use SecondaryTlbMode::*;
+        assert!(Sync.should_notify(false) && Sync.should_notify(true));
+        assert!(Legacy.should_notify(false) && !Legacy.should_notify(true));
+        assert!(!Off.should_notify(false) && !Off.should_notify(true));
+    }
+
+    /// The only test that touches the global mode (every other test uses per-list overrides).
+    #[test]
+    fn global_mode_and_override() {
+        assert_eq!(
+            init_from_bootargs("a=b secondary_tlb=legacy"),
+            Ok(SecondaryTlbMode::Legacy)
+        );
+        assert_eq!(mode(), SecondaryTlbMode::Legacy);
+        assert!(init_from_bootargs("secondary_tlb=nope").is_err());
+        assert_eq!(
+            mode(),
+            SecondaryTlbMode::Legacy,
+            "a bad value leaves the mode alone"
+        );
+        let list = SecondaryTlbs::new();
+        assert_eq!(list.effective_mode(), SecondaryTlbMode::Legacy);
+        list.set_mode_override(Some(SecondaryTlbMode::Off));
+        assert_eq!(list.effective_mode(), SecondaryTlbMode::Off);
+        set_mode(SecondaryTlbMode::Sync);
+        assert_eq!(list.effective_mode(), SecondaryTlbMode::Off);
+        list.set_mode_override(None);
+        assert_eq!(list.effective_mode(), SecondaryTlbMode::Sync);
+        assert_eq!(init_from_bootargs("quiet"), Ok(SecondaryTlbMode::Sync));
+    }
+
+    #[test]
+    fn notify_respects_mode_and_registration() {
+        let log = Log::default();
+        let list = SecondaryTlbs::new();
+        let stats = FlushStats::default();
+        let r = FlushRange::page(VirtAddr(0x1000));
+        // Nothing registered: nothing to do, even in sync mode.
+        list.set_mode_override(Some(SecondaryTlbMode::Sync));
+        list.notify(1, r, FlushCause::Unmap, false, Some(&stats))
+            .unwrap();
+        let a = list.register(RecordingSecondary::new("a", log.clone()));
+        let _b = list.register(RecordingSecondary::new("b", log.clone()));
+        assert_eq!(list.len(), 2);
+        list.notify(1, r, FlushCause::Protect, true, Some(&stats))
+            .unwrap();
+        assert_eq!(
+            log.take_secondary(),
+            vec![
+                ("a".into(), 1, r, FlushCause::Protect),
+                ("b".into(), 1, r, FlushCause::Protect)
+            ]
+        );
+        list.set_mode_override(Some(SecondaryTlbMode::Legacy));
+        list.notify(1, r, FlushCause::Protect, true, Some(&stats))
+            .unwrap();
+        assert_eq!(log.take_secondary(), vec![], "legacy skips the upgrade");
+        list.notify(1, r, FlushCause::Unmap, false, Some(&stats))
+            .unwrap();
+        assert_eq!(log.take_secondary().len(), 2, "legacy still sends the rest");
+        list.set_mode_override(Some(SecondaryTlbMode::Off));
+        list.notify(
+            1,
+            FlushRange::All,
+            FlushCause::Teardown,
+            false,
+            Some(&stats),
+        )
+        .unwrap();
+        assert_eq!(log.take_secondary(), vec![]);
+        let s = stats.snapshot();
+        assert_eq!((s.secondary_notifications, s.secondary_skipped), (4, 4));
+        assert!(list.unregister(a).is_some());
+        assert!(list.unregister(a).is_none());
+        assert_eq!(list.len(), 1);
+    }
+
+    struct Counting {
+        calls: AtomicUsize,
+        gone: AtomicBool,
+    }
+
+    impl SecondaryTlb for Counting {
+        fn name(&self) -> &str {
+            "counting"
+        }
+        fn invalidate(
+            &self,
+            _: u16,
+            _: FlushRange,
+            _: FlushCause,
+        ) -> Result<(), SecondaryTlbError> {
+            assert!(
+                !self.gone.load(Ordering::SeqCst),
+                "called after unregistration returned"
+            );
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// Flushes on several threads while TLBs come and go: no call after `unregister` returns.
+    #[test]
+    fn concurrent_flush_and_registration() {
+        let list = Arc::new(SecondaryTlbs::new());
+        list.set_mode_override(Some(SecondaryTlbMode::Sync));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flushers: Vec<_> = (0..2)
+            .map(|i| {
+                let (list, stop) = (list.clone(), stop.clone());
+                thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        list.notify(
+                            i,
+                            FlushRange::page(VirtAddr(0x1000 * n)),
+                            FlushCause::Unmap,
+                            false,
+                            None,
+                        )
+                        .unwrap();
+                        n = (n + 1) % 1000;
+                    }
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for _ in 0..20 {
+            let c = Arc::new(Counting {
+                calls: AtomicUsize::new(0),
+                gone: AtomicBool::new(false),
+            });
+            let h = list.register(c.clone());
+            while c.calls.load(Ordering::SeqCst) == 0 {
+                thread::yield_now();
+            }
+            list.unregister(h).unwrap();
+            c.gone.store(true, Ordering::SeqCst);
+            total += c.calls.load(Ordering::SeqCst);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for f in flushers {
+            f.join().unwrap();
+        }
+        assert!(total >= 20);
+        assert!(list.is_empty());
+    }
+}
