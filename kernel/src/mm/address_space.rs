@@ -24,7 +24,7 @@ use crate::mm::{
     asid::{Activation, AsidAllocator, AsidContext, AsidError},
     flush::{
         self, FlushDone, FlushError, FlushRange, FlushStats, FlushStatsSnapshot, FlushTarget,
-        TlbFlush, TlbMaintenance, TlbScope,
+        TargetScope, TlbFlush, TlbMaintenance,
     },
     notifier::{SecondaryTlb, SecondaryTlbHandle, SecondaryTlbMode, SecondaryTlbs},
     pgtable::{
@@ -117,6 +117,25 @@ pub struct FaultKind {
     pub write: bool,
 }
 
+impl FaultKind {
+    /// The kind of a decoded CPU abort, or `None` for aborts no page-table change can resolve
+    /// (address size, external aborts, alignment, TLB conflict, unknown codes).
+    pub fn from_abort(abort: &crate::exception::esr::Abort) -> Option<Self> {
+        use crate::exception::esr::FaultStatus;
+        let (class, level) = match abort.status {
+            FaultStatus::Translation(l) => (FaultClass::Translation, l),
+            FaultStatus::AccessFlag(l) => (FaultClass::AccessFlag, l),
+            FaultStatus::Permission(l) => (FaultClass::Permission, l),
+            _ => return None,
+        };
+        Some(Self {
+            class,
+            level,
+            write: abort.write,
+        })
+    }
+}
+
 /// What [`AddressSpace::handle_fault`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultOutcome {
@@ -129,6 +148,13 @@ pub enum FaultOutcome {
     Spurious,
     /// Not resolved: report it.
     Unhandled,
+}
+
+impl FaultOutcome {
+    /// Whether the faulting access should simply be retried.
+    pub const fn is_resolved(self) -> bool {
+        !matches!(self, FaultOutcome::Unhandled)
+    }
 }
 
 /// A custom fault resolver.
@@ -266,6 +292,11 @@ impl AddressSpace {
     /// TTBR0_EL1 value for this address space: root PA | ASID << 48 (CnP = 0).
     pub fn ttbr0_value(&self) -> u64 {
         self.root.0 | (u64::from(self.asid()) << 48)
+    }
+
+    #[cfg(test)]
+    fn root_ctx(&self) -> &AsidContext {
+        &self.asid
     }
 
     /// The shared environment.
@@ -409,7 +440,7 @@ impl AddressSpace {
         }
         let target = FlushTarget {
             tlb: &*self.env.tlb,
-            scope: TlbScope::Asid(self.asid()),
+            scope: TargetScope::Context(&self.env.asids, &self.asid),
             secondaries: Some(&self.secondaries),
             frames: &*self.env.frames,
             stats: Some(&self.stats),
@@ -464,6 +495,25 @@ impl AddressSpace {
         // rest of the contract.
         unsafe { self.env.tlb.write_ttbr0(value) };
         Ok(act)
+    }
+
+    /// Switches the calling CPU (index `cpu`) away from any address space: writes `empty_ttbr0`
+    /// (an all-invalid table tagged with [`KERNEL_ASID`](crate::mm::asid::KERNEL_ASID)) and tells
+    /// the allocator the CPU runs no context, so its ASID stops being reserved across rollovers.
+    ///
+    /// # Safety
+    ///
+    /// As for [`AddressSpace::switch_to`]; `empty_ttbr0` must name a live table that maps nothing.
+    pub unsafe fn switch_to_empty(
+        env: &MmEnv,
+        cpu: usize,
+        empty_ttbr0: u64,
+    ) -> Result<(), AsError> {
+        // SAFETY: the caller guarantees `empty_ttbr0` is a live, empty table; ASID 0 is never
+        // handed to an address space, so no stale entry can match it.
+        unsafe { env.tlb.write_ttbr0(empty_ttbr0) };
+        env.asids.deactivate(cpu)?;
+        Ok(())
     }
 
     // -- secondary TLBs ------------------------------------------------------------------------
@@ -1212,6 +1262,54 @@ mod tests {
         assert_eq!(*h.0.lock().unwrap(), vec![0x5000]);
         assert_eq!(s.translate(va(0x5000)).unwrap().pa, pa(0x8800_0000));
         assert!(matches!(s.fault_policy(), FaultPolicy::Handler(_)));
+    }
+
+    #[test]
+    fn abort_glue_and_switch_to_empty() {
+        use crate::exception::esr::Abort;
+        // Data abort at EL1 (EC 0x25), write, permission fault level 3 (DFSC 0x0F).
+        let a = Abort::decode((0x25 << 26) | (1 << 6) | 0x0F, 0x1234).unwrap();
+        assert_eq!(FaultKind::from_abort(&a), Some(W));
+        let a = Abort::decode((0x25 << 26) | 0x06, 0x1234).unwrap();
+        assert_eq!(
+            FaultKind::from_abort(&a),
+            Some(FaultKind {
+                class: FaultClass::Translation,
+                level: 2,
+                write: false
+            })
+        );
+        let a = Abort::decode((0x25 << 26) | 0x0B, 0x1234).unwrap();
+        assert_eq!(
+            FaultKind::from_abort(&a).unwrap().class,
+            FaultClass::AccessFlag
+        );
+        let a = Abort::decode((0x25 << 26) | 0x21, 0x1234).unwrap();
+        assert_eq!(
+            FaultKind::from_abort(&a),
+            None,
+            "alignment faults are not ours"
+        );
+        assert!(FaultOutcome::Spurious.is_resolved() && !FaultOutcome::Unhandled.is_resolved());
+
+        let f = fx(4, 1, false);
+        let s = space(&f, SecondaryTlbMode::Sync);
+        // SAFETY: test executor.
+        let asid = unsafe { s.switch_to(0) }.unwrap().asid;
+        assert_eq!(
+            f.env.asids.release(s.root_ctx()),
+            Err(AsidError::StillActive(0))
+        );
+        f.log.take();
+        // SAFETY: test executor.
+        unsafe { AddressSpace::switch_to_empty(&f.env, 0, 0x4000_0000) }.unwrap();
+        assert_eq!(f.log.take(), vec![Ev::Ttbr0(0x4000_0000)]);
+        assert_eq!(f.env.asids.release(s.root_ctx()), Ok(()));
+        // Once the CPU left, its ASID is no longer reserved across rollovers.
+        let others: Vec<AddressSpace> =
+            (0..30).map(|_| space(&f, SecondaryTlbMode::Sync)).collect();
+        let reused = others.iter().any(|o| o.asid() == asid);
+        assert!(reused);
     }
 
     #[test]

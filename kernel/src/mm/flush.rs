@@ -35,6 +35,7 @@ use core::{
 
 use crate::mm::{
     addr::{PAGE_SHIFT, PAGE_SIZE, PhysAddr, USER_VA_END, VirtAddr},
+    asid::{AsidAllocator, AsidContext, KERNEL_ASID},
     notifier::{SecondaryTlbError, SecondaryTlbs},
     pgtable::FrameSource,
 };
@@ -779,7 +780,7 @@ pub fn plan(inv: &Invalidation, scope: TlbScope, features: TlbFeatures) -> TlbiP
 // ---------------------------------------------------------------------------------------------
 
 /// The CPU side of TLB maintenance. The target implementation
-/// ([`arch::CpuTlb`](self) on `target_os = "none"`) issues the instructions; host tests record
+/// (`arch::CpuTlb` on `target_os = "none"`) issues the instructions; host tests record
 /// the calls.
 pub trait TlbMaintenance: Send + Sync {
     /// The CPU's TLB features.
@@ -906,13 +907,48 @@ impl fmt::Display for FlushError {
     }
 }
 
+/// Which entries a flush targets, as given to [`execute`].
+#[derive(Clone, Copy)]
+pub enum TargetScope<'a> {
+    /// One fixed ASID.
+    Asid(u16),
+    /// The ASID of a live address space, read only *after* the `DSB ISHST` that publishes the
+    /// page-table stores. A CPU that concurrently re-tags the context with a new ASID (after a
+    /// rollover) then either is seen here with the new value, or walks the tables only after
+    /// the stores are complete — so no entry from before the change survives under either ASID.
+    /// (Linux orders `dsb(ishst)` before `ASID(mm)` in its flush primitives for the same reason.)
+    Context(&'a AsidAllocator, &'a AsidContext),
+    /// All ASIDs (kernel TTBR1 tables).
+    Global,
+}
+
+impl fmt::Debug for TargetScope<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetScope::Asid(a) => write!(f, "Asid({a})"),
+            TargetScope::Context(al, c) => write!(f, "Context({:?})", al.asid_of(c)),
+            TargetScope::Global => f.write_str("Global"),
+        }
+    }
+}
+
+impl TargetScope<'_> {
+    fn resolve(self) -> TlbScope {
+        match self {
+            TargetScope::Asid(a) => TlbScope::Asid(a),
+            TargetScope::Context(al, c) => TlbScope::Asid(al.asid_of(c).unwrap_or(KERNEL_ASID)),
+            TargetScope::Global => TlbScope::Global,
+        }
+    }
+}
+
 /// Where and how to perform a flush.
 pub struct FlushTarget<'a> {
     /// The CPU executor.
     pub tlb: &'a dyn TlbMaintenance,
     /// Which entries.
-    pub scope: TlbScope,
-    /// Secondary TLBs sharing these tables (only consulted for [`TlbScope::Asid`]).
+    pub scope: TargetScope<'a>,
+    /// Secondary TLBs sharing these tables (only consulted for an ASID scope).
     pub secondaries: Option<&'a SecondaryTlbs>,
     /// Where freed table frames go.
     pub frames: &'a dyn FrameSource,
@@ -962,15 +998,17 @@ pub fn execute(token: TlbFlush, target: &FlushTarget<'_>) -> Result<FlushDone, F
     }
 
     target.tlb.dsb_ishst();
+    // Only now: see `TargetScope::Context`.
+    let scope = target.scope.resolve();
     let mut n = 0;
-    for op in plan(&inval, target.scope, target.tlb.features()) {
+    for op in plan(&inval, scope, target.tlb.features()) {
         target.tlb.tlbi(op);
         n += 1;
     }
     if let Some(s) = target.stats {
         s.cpu_tlbis.fetch_add(n, Ordering::Relaxed);
     }
-    let secondary = match (target.scope, target.secondaries) {
+    let secondary = match (scope, target.secondaries) {
         (TlbScope::Asid(asid), Some(list)) => {
             list.notify(asid, inval.range, cause, upgrade_only, target.stats)
         }
@@ -1021,7 +1059,7 @@ pub fn flush_kernel(
         token,
         &FlushTarget {
             tlb,
-            scope: TlbScope::Global,
+            scope: TargetScope::Global,
             secondaries: None,
             frames,
             stats: None,
@@ -1458,7 +1496,7 @@ mod tests {
                 stats: FlushStats::default(),
             }
         }
-        fn run(&self, t: TlbFlush, scope: TlbScope) -> Result<FlushDone, FlushError> {
+        fn run(&self, t: TlbFlush, scope: TargetScope<'_>) -> Result<FlushDone, FlushError> {
             execute(
                 t,
                 &FlushTarget {
@@ -1488,7 +1526,7 @@ mod tests {
             false,
             vec![frame],
         );
-        fx.run(t, TlbScope::Asid(9)).unwrap();
+        fx.run(t, TargetScope::Asid(9)).unwrap();
         let vae = |pg: u64| {
             Ev::Tlbi(TlbiOp {
                 kind: TlbiKind::Vae1is,
@@ -1525,6 +1563,95 @@ mod tests {
         );
     }
 
+    /// A TLB executor that runs a hook at its `DSB ISHST` (another CPU acting at that moment).
+    struct HookTlb<'a> {
+        inner: RecordingTlb,
+        hook: &'a (dyn Fn() + Send + Sync),
+    }
+
+    impl TlbMaintenance for HookTlb<'_> {
+        fn features(&self) -> TlbFeatures {
+            self.inner.features()
+        }
+        fn dsb_ishst(&self) {
+            self.inner.dsb_ishst();
+            (self.hook)();
+        }
+        fn tlbi(&self, op: TlbiOp) {
+            self.inner.tlbi(op);
+        }
+        fn dsb_ish(&self) {
+            self.inner.dsb_ish();
+        }
+        fn isb(&self) {
+            self.inner.isb();
+        }
+        fn flush_all_cpu_tlbs(&self) {
+            self.inner.flush_all_cpu_tlbs();
+        }
+        unsafe fn write_ttbr0(&self, value: u64) {
+            // SAFETY: forwarded to the recording fake.
+            unsafe { self.inner.write_ttbr0(value) };
+        }
+    }
+
+    /// The ASID of a live context is read after the `DSB ISHST`: if another CPU re-tags the
+    /// context at that moment, the TLBI and the secondary TLBs use the new value.
+    #[test]
+    fn context_asid_is_read_after_the_store_barrier() {
+        let alloc = AsidAllocator::new(4, 1).unwrap();
+        let ctx = AsidContext::new();
+        assert_eq!(alloc.assign(&ctx), 1);
+        let others: Vec<AsidContext> = (0..16).map(|_| AsidContext::new()).collect();
+        for o in &others {
+            let _ = alloc.activate(0, o).unwrap();
+        }
+        assert_eq!(alloc.rollovers(), 1);
+        assert_eq!(
+            alloc.asid_of(&ctx),
+            Some(1),
+            "stale, and 1 now belongs to someone else"
+        );
+        let hook = || {
+            let _ = alloc.activate(0, &ctx).unwrap();
+        };
+        let log = Log::default();
+        let tlb = HookTlb {
+            inner: RecordingTlb::new(false, log.clone()),
+            hook: &hook,
+        };
+        let list = SecondaryTlbs::new();
+        list.set_mode_override(Some(crate::mm::notifier::SecondaryTlbMode::Sync));
+        list.register(RecordingSecondary::new("smmu", log.clone()));
+        let mem = FakeMem::new(1);
+        let t = TlbFlush::invalidate(
+            ROOT,
+            FlushCause::Protect,
+            inv(FlushRange::page(va(0x1000)), true),
+            false,
+            vec![],
+        );
+        let target = FlushTarget {
+            tlb: &tlb,
+            scope: TargetScope::Context(&alloc, &ctx),
+            secondaries: Some(&list),
+            frames: &mem,
+            stats: None,
+        };
+        execute(t, &target).unwrap();
+        let new = alloc.asid_of(&ctx).unwrap();
+        assert_ne!(new, 1);
+        let ev = log.take();
+        assert_eq!(
+            ev[1],
+            Ev::Tlbi(TlbiOp {
+                kind: TlbiKind::Vale1is,
+                operand: va_operand(new, va(0x1000))
+            })
+        );
+        assert!(matches!(&ev[2], Ev::Secondary { asid, .. } if *asid == new));
+    }
+
     #[test]
     fn failing_secondary_keeps_frames() {
         let fx = Fx::new(true);
@@ -1541,7 +1668,7 @@ mod tests {
             false,
             vec![frame],
         );
-        let e = fx.run(t, TlbScope::Asid(3)).unwrap_err();
+        let e = fx.run(t, TargetScope::Asid(3)).unwrap_err();
         assert_eq!(
             e,
             FlushError::Secondary {
@@ -1578,7 +1705,7 @@ mod tests {
             false,
             vec![],
         );
-        fx.run(t, TlbScope::Global).unwrap();
+        fx.run(t, TargetScope::Global).unwrap();
         assert!(
             fx.log
                 .take()
@@ -1610,13 +1737,13 @@ mod tests {
             .register(RecordingSecondary::new("smmu", fx.log.clone()));
         fx.run(
             TlbFlush::barrier_only(ROOT, FlushCause::Map),
-            TlbScope::Asid(1),
+            TargetScope::Asid(1),
         )
         .unwrap();
         assert_eq!(fx.log.take(), vec![Ev::DsbIshst, Ev::Isb]);
         let t = TlbFlush::nothing(ROOT, FlushCause::Protect);
         assert!(t.is_noop());
-        fx.run(t, TlbScope::Asid(1)).unwrap();
+        fx.run(t, TargetScope::Asid(1)).unwrap();
         assert_eq!(fx.log.take(), vec![]);
         assert_eq!(fx.stats.snapshot().barrier_only, 1);
     }
@@ -1652,13 +1779,13 @@ mod tests {
         a.merge(down);
         assert!(!a.upgrade_only() && !a.invalidation().unwrap().leaf_only);
         let fx = Fx::new(false);
-        let done = fx.run(a, TlbScope::Asid(1)).unwrap();
+        let done = fx.run(a, TargetScope::Asid(1)).unwrap();
         assert!(done.covers(ia) && done.covers(ib) && done.covers(id_down));
         // Barrier-only first, invalidation merged in: takes the other's upgrade flag.
         let mut m = TlbFlush::barrier_only(ROOT, FlushCause::Map);
         m.merge(up(0x1000));
         assert!(m.upgrade_only());
-        fx.run(m, TlbScope::Asid(1)).unwrap();
+        fx.run(m, TargetScope::Asid(1)).unwrap();
     }
 
     #[test]

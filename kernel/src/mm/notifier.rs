@@ -28,10 +28,10 @@ use alloc::{string::String, sync::Arc, vec::Vec};
 use core::{
     fmt,
     str::FromStr,
-    sync::atomic::{AtomicU8, AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering},
 };
 
-use spin::RwLock;
+use spin::Mutex;
 
 use crate::mm::flush::{FlushCause, FlushError, FlushRange, FlushStats};
 
@@ -217,13 +217,25 @@ pub fn init_from_bootargs(cmdline: &str) -> Result<SecondaryTlbMode, ParseModeEr
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SecondaryTlbHandle(u64);
 
+struct Entry {
+    handle: SecondaryTlbHandle,
+    tlb: Arc<dyn SecondaryTlb>,
+    /// Calls of `tlb` in progress (or about to start).
+    in_flight: AtomicUsize,
+    /// Set by `unregister`; no call starts after it is seen.
+    removed: AtomicBool,
+}
+
 /// The secondary TLBs attached to one address space.
 ///
-/// Registration takes the write lock; flushes hold the read lock while they notify, so several
-/// CPUs may flush at once, and an unregistration waits for in-flight notifications to finish
-/// (after which the removed TLB is never called again by a flush).
+/// The list is copy-on-write: a flush takes a snapshot (one reference-count increment under a
+/// short lock) and notifies without holding any lock, so any number of CPUs flush at once and
+/// registration is never starved by them (a reader-writer lock would let a steady stream of
+/// flushes starve `unregister`). Each registration counts its in-flight calls; [`Self::unregister`]
+/// marks it removed and waits for that count to drain, so once it returns the TLB is never
+/// called again.
 pub struct SecondaryTlbs {
-    list: RwLock<Vec<(SecondaryTlbHandle, Arc<dyn SecondaryTlb>)>>,
+    list: Mutex<Arc<Vec<Arc<Entry>>>>,
     next_id: AtomicU64,
     mode_override: AtomicU8,
 }
@@ -236,31 +248,57 @@ impl Default for SecondaryTlbs {
 
 impl SecondaryTlbs {
     /// An empty list following the global mode.
-    pub const fn new() -> Self {
+    pub fn new() -> Self {
         Self {
-            list: RwLock::new(Vec::new()),
+            list: Mutex::new(Arc::new(Vec::new())),
             next_id: AtomicU64::new(1),
             mode_override: AtomicU8::new(NO_OVERRIDE),
         }
     }
 
-    /// Adds a secondary TLB.
-    pub fn register(&self, tlb: Arc<dyn SecondaryTlb>) -> SecondaryTlbHandle {
-        let h = SecondaryTlbHandle(self.next_id.fetch_add(1, Ordering::Relaxed));
-        self.list.write().push((h, tlb));
-        h
+    fn snapshot(&self) -> Arc<Vec<Arc<Entry>>> {
+        self.list.lock().clone()
     }
 
-    /// Removes a registration, returning the TLB, or `None` if the handle is unknown.
+    /// Adds a secondary TLB.
+    pub fn register(&self, tlb: Arc<dyn SecondaryTlb>) -> SecondaryTlbHandle {
+        let handle = SecondaryTlbHandle(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let entry = Arc::new(Entry {
+            handle,
+            tlb,
+            in_flight: AtomicUsize::new(0),
+            removed: AtomicBool::new(false),
+        });
+        let mut list = self.list.lock();
+        let mut v: Vec<Arc<Entry>> = list.as_ref().clone();
+        v.push(entry);
+        *list = Arc::new(v);
+        handle
+    }
+
+    /// Removes a registration and waits until no flush is calling it any more; returns the TLB,
+    /// or `None` if the handle is unknown.
     pub fn unregister(&self, handle: SecondaryTlbHandle) -> Option<Arc<dyn SecondaryTlb>> {
-        let mut list = self.list.write();
-        let i = list.iter().position(|(h, _)| *h == handle)?;
-        Some(list.remove(i).1)
+        let entry = {
+            let mut list = self.list.lock();
+            let i = list.iter().position(|e| e.handle == handle)?;
+            let mut v: Vec<Arc<Entry>> = list.as_ref().clone();
+            let e = v.remove(i);
+            *list = Arc::new(v);
+            e
+        };
+        // Pairs with the SeqCst increment-then-check in `call`: a call either sees `removed`
+        // and backs off, or was counted before this store and is waited for.
+        entry.removed.store(true, Ordering::SeqCst);
+        while entry.in_flight.load(Ordering::SeqCst) != 0 {
+            core::hint::spin_loop();
+        }
+        Some(entry.tlb.clone())
     }
 
     /// Number of registered TLBs.
     pub fn len(&self) -> usize {
-        self.list.read().len()
+        self.list.lock().len()
     }
 
     /// Whether none is registered.
@@ -283,6 +321,23 @@ impl SecondaryTlbs {
         }
     }
 
+    /// Calls one entry unless it is being removed; `None` if skipped.
+    fn call(
+        e: &Entry,
+        asid: u16,
+        range: FlushRange,
+        cause: FlushCause,
+    ) -> Option<Result<(), SecondaryTlbError>> {
+        e.in_flight.fetch_add(1, Ordering::SeqCst);
+        let r = if e.removed.load(Ordering::SeqCst) {
+            None
+        } else {
+            Some(e.tlb.invalidate(asid, range, cause))
+        };
+        e.in_flight.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+
     /// Reports one flush to every registered TLB, synchronously, as the mode allows.
     ///
     /// # Errors
@@ -296,7 +351,7 @@ impl SecondaryTlbs {
         upgrade_only: bool,
         stats: Option<&FlushStats>,
     ) -> Result<(), FlushError> {
-        let list = self.list.read();
+        let list = self.snapshot();
         if list.is_empty() {
             return Ok(());
         }
@@ -306,40 +361,41 @@ impl SecondaryTlbs {
             }
             return Ok(());
         }
-        let mut first_err: Option<FlushError> = None;
-        let mut failures = 0;
-        for (_, tlb) in list.iter() {
-            if let Err(e) = tlb.invalidate(asid, range, cause) {
-                failures += 1;
-                log::error!(
-                    "secondary TLB {}: invalidate asid {asid} {range:?}: {e}",
-                    tlb.name()
-                );
-                if first_err.is_none() {
-                    first_err = Some(FlushError::Secondary {
-                        name: String::from(tlb.name()),
-                        error: e,
-                        failures: 0,
-                    });
+        let mut first: Option<(String, SecondaryTlbError)> = None;
+        let (mut notified, mut failures) = (0u64, 0usize);
+        for e in list.iter() {
+            match Self::call(e, asid, range, cause) {
+                None => {}
+                Some(Ok(())) => notified += 1,
+                Some(Err(err)) => {
+                    notified += 1;
+                    failures += 1;
+                    log::error!(
+                        "secondary TLB {}: invalidate asid {asid} {range:?}: {err}",
+                        e.tlb.name()
+                    );
+                    if first.is_none() {
+                        first = Some((String::from(e.tlb.name()), err));
+                    }
                 }
             }
         }
         if let Some(s) = stats {
-            s.add_secondary(list.len() as u64, 0, failures as u64);
+            s.add_secondary(notified, 0, failures as u64);
         }
-        match first_err {
-            Some(FlushError::Secondary { name, error, .. }) => Err(FlushError::Secondary {
+        match first {
+            Some((name, error)) => Err(FlushError::Secondary {
                 name,
                 error,
                 failures,
             }),
-            Some(e) => Err(e),
             None => Ok(()),
         }
     }
 
-    /// Reports one invalidation to a single TLB (teardown of a registration), as the mode allows
-    /// (`off` skips it; `legacy` sends it, since it is not an upgrade).
+    /// Reports one invalidation to a single, already unregistered TLB (teardown of a
+    /// registration), as the mode allows (`off` skips it; `legacy` sends it, since it is not an
+    /// upgrade).
     ///
     /// # Errors
     ///
@@ -361,11 +417,7 @@ impl SecondaryTlbs {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        sync::atomic::{AtomicBool, AtomicUsize},
-        thread,
-        vec::Vec,
-    };
+    use std::{thread, vec::Vec};
 
     use super::*;
     use crate::mm::{
@@ -537,12 +589,15 @@ mod tests {
                         )
                         .unwrap();
                         n = (n + 1) % 1000;
+                        if n.is_multiple_of(64) {
+                            thread::yield_now();
+                        }
                     }
                 })
             })
             .collect();
         let mut total = 0;
-        for _ in 0..20 {
+        for _ in 0..50 {
             let c = Arc::new(Counting {
                 calls: AtomicUsize::new(0),
                 gone: AtomicBool::new(false),
@@ -559,7 +614,7 @@ mod tests {
         for f in flushers {
             f.join().unwrap();
         }
-        assert!(total >= 20);
+        assert!(total >= 50);
         assert!(list.is_empty());
     }
 }

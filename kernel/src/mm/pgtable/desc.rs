@@ -52,7 +52,7 @@ pub const MAIR_IDX_NORMAL: u8 = 0;
 pub const MAIR_IDX_DEVICE: u8 = 1;
 
 /// MAIR attribute byte for [`MAIR_IDX_NORMAL`]: `0xFF` = Outer WB-RAWA, Inner WB-RAWA
-/// (Arm ARM D8.5, MAIR_EL1.Attr<n> encoding `0b1111_1111`).
+/// (Arm ARM D8.5, MAIR_EL1.Attr`<n>` encoding `0b1111_1111`).
 pub const MAIR_ATTR_NORMAL_WB_RAWA: u8 = 0xFF;
 /// MAIR attribute byte for [`MAIR_IDX_DEVICE`]: `0x04` = Device-nGnRE.
 pub const MAIR_ATTR_DEVICE_NGNRE: u8 = 0x04;
@@ -347,9 +347,9 @@ impl Descriptor {
         Self((pa.0 & ADDR_MASK) | 0b11 | flags.bits())
     }
 
-    /// A block descriptor from raw flags.
+    /// A block descriptor from raw flags (the type bits of `flags` are ignored).
     pub const fn block_raw(pa: PhysAddr, flags: PteFlags) -> Self {
-        Self(((pa.0 & ADDR_MASK) | 0b01 | flags.bits()) & !PteFlags::TABLE_OR_PAGE.bits())
+        Self((pa.0 & ADDR_MASK) | 0b01 | (flags.bits() & !0b11))
     }
 
     /// The raw value.

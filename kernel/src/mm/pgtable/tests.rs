@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, vec::Vec};
 
 use super::{fake::*, *};
-use crate::mm::flush::{self, FlushTarget, TlbScope, TlbiOp};
+use crate::mm::flush::{self, FlushTarget, TargetScope, TlbiOp};
 
 const MIB2: u64 = 2 * 1024 * 1024;
 
@@ -39,7 +39,7 @@ impl Fx {
     fn complete(&self, t: TlbFlush) -> FlushDone {
         let target = FlushTarget {
             tlb: &self.tlb,
-            scope: TlbScope::Asid(7),
+            scope: TargetScope::Asid(7),
             secondaries: None,
             frames: &self.mem,
             stats: None,
