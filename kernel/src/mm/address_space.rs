@@ -46,6 +46,37 @@ pub struct MmEnv {
     pub asids: Arc<AsidAllocator>,
 }
 
+#[cfg(target_os = "none")]
+impl MmEnv {
+    /// The environment of this machine: tables through the linear window, frames from the global
+    /// frame allocator, the CPU's TLBI executor, and an ASID allocator as wide as the CPU allows
+    /// (ID_AA64MMFR0_EL1.ASIDBits; TCR_EL1.AS must be set when that is 16) for `cpus` CPUs.
+    ///
+    /// # Safety
+    ///
+    /// The kernel's TTBR1 tables must map all RAM in the linear window (see
+    /// [`LinearWindow::new`](crate::mm::pgtable::LinearWindow::new)) for as long as the
+    /// environment is used.
+    ///
+    /// # Errors
+    ///
+    /// [`AsidError::TooManyCpus`] if `cpus` is 0 or too large for the ASID width.
+    pub unsafe fn for_this_machine(cpus: usize) -> Result<Self, AsidError> {
+        use crate::mm::{
+            flush::arch::{CpuTlb, cpu_asid_bits},
+            pgtable::{KernelFrames, LinearWindow},
+        };
+        // SAFETY: guaranteed by the caller.
+        let window = unsafe { LinearWindow::new() };
+        Ok(Self {
+            mem: Arc::new(window),
+            frames: Arc::new(KernelFrames),
+            tlb: Arc::new(CpuTlb::new()),
+            asids: Arc::new(AsidAllocator::new(cpu_asid_bits(), cpus)?),
+        })
+    }
+}
+
 /// Why an address-space operation failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AsError {

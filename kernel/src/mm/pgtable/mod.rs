@@ -101,6 +101,23 @@ unsafe impl PhysMem for LinearWindow {
     }
 }
 
+/// [`FrameSource`] backed by the kernel's global frame allocator ([`crate::mm::frame`]), which
+/// zeroes frames through the linear window: usable once TTBR1 maps all RAM.
+#[cfg(target_os = "none")]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KernelFrames;
+
+#[cfg(target_os = "none")]
+impl FrameSource for KernelFrames {
+    fn alloc_zeroed_frame(&self) -> Option<PhysAddr> {
+        crate::mm::frame::alloc_frame().ok()
+    }
+
+    fn free_frame(&self, pa: PhysAddr) {
+        crate::mm::frame::free(pa, PAGE_SIZE, PAGE_SIZE);
+    }
+}
+
 /// [`PhysMem`] with the MMU off (or an identity map): `va = pa`. For building the boot tables.
 #[derive(Debug)]
 pub struct IdentityPhysMem(());
