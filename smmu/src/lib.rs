@@ -33,6 +33,7 @@ pub mod cmdq;
 pub mod command;
 pub mod features;
 pub mod hal;
+pub mod planner;
 pub mod queue;
 pub mod regs;
 pub mod stats;
