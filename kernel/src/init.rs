@@ -11,7 +11,7 @@ use crate::{
     platform::{self, GicRegs, Platform},
     println, smp,
 };
-use alloc::{string::String, vec::Vec};
+use alloc::{string::String, vec, vec::Vec};
 use log::{info, warn};
 use spin::Once;
 
@@ -154,7 +154,8 @@ fn init_memory(platform: &Platform, dtb_pa: u64, image_pa: u64) {
     // SAFETY: the block was just taken from the frame allocator and is mapped in the linear
     // window; the heap owns it from now on.
     unsafe { mm::heap::grow(heap.to_virt().0 as usize, HEAP_GROWTH as usize) };
-    if let Err(e) = mm::kernel_map::init() {
+    let ram: Vec<(u64, u64)> = platform.memory.iter().map(|r| (r.base, r.size)).collect();
+    if let Err(e) = mm::kernel_map::init(&ram, &device_regions(platform)) {
         boot_error(&alloc::format!("kernel page tables: {e}"));
     }
     let (used, total) = mm::frame::usage();
@@ -165,6 +166,29 @@ fn init_memory(platform: &Platform, dtb_pa: u64, image_pa: u64) {
         image_size,
         ((total - used) * mm::PAGE_SIZE) >> 20
     );
+}
+
+/// The MMIO regions the kernel maps at boot: everything discovered except PCI BARs, which the
+/// PCI code maps as it assigns them.
+fn device_regions(platform: &Platform) -> Vec<(&'static str, u64, u64)> {
+    let mut v = vec![("PL011", platform.uart.reg.base, platform.uart.reg.size)];
+    match &platform.gic.regs {
+        GicRegs::V2 { gicd, gicc, .. } => {
+            v.push(("GICD", gicd.base, gicd.size));
+            v.push(("GICC", gicc.base, gicc.size));
+        }
+        GicRegs::V3 { gicd, gicr, .. } => {
+            v.push(("GICD", gicd.base, gicd.size));
+            v.extend(gicr.iter().map(|r| ("GICR", r.base, r.size)));
+        }
+    }
+    if let Some(smmu) = &platform.smmu {
+        v.push(("SMMUv3", smmu.reg.base, smmu.reg.size));
+    }
+    if let Some(pcie) = &platform.pcie {
+        v.push(("PCIe ECAM", pcie.ecam.base, pcie.ecam.size));
+    }
+    v
 }
 
 fn init_interrupts(platform: &Platform) {

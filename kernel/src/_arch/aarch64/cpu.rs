@@ -6,7 +6,7 @@ use aarch64_cpu::{
     registers::*,
 };
 use core::arch::asm;
-use tock_registers::interfaces::{Readable, Writeable};
+use tock_registers::interfaces::{ReadWriteable, Readable, Writeable};
 
 /// Data synchronisation barrier, inner shareable (Arm ARM B2.3.12).
 #[inline(always)]
@@ -215,4 +215,11 @@ pub fn tlb_invalidate_all_local() {
     unsafe { asm!("tlbi vmalle1", options(nostack)) };
     barrier::dsb(barrier::NSH);
     isb();
+}
+
+/// Set SCTLR_EL1.WXN: every writable mapping is also execute-never (W^X in hardware).
+pub fn enable_wxn() {
+    SCTLR_EL1.modify(SCTLR_EL1::WXN::SET);
+    // Cached translations may hold the old executable permission of writable pages.
+    tlb_invalidate_all_local();
 }

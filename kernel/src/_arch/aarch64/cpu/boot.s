@@ -187,3 +187,19 @@ __boot_l0:
     .space 4096
 __boot_l1:
     .space 4096
+
+// Switch TTBR1 to the final kernel tables. Called through its physical (identity-mapped)
+// address, so no instruction fetch depends on TTBR1 while the old and the new tables (1 GiB
+// blocks vs 4 KiB pages for the same VAs) could both be cached: the TLB is emptied before
+// anything is fetched or loaded through TTBR1 again (Arm ARM D8.16, break-before-make for
+// changes of block size). Uses no stack. x0 = new TTBR1 value.
+.section .text.boot, "ax"
+.global __switch_ttbr1
+__switch_ttbr1:
+    dsb     ishst
+    msr     ttbr1_el1, x0
+    isb
+    tlbi    vmalle1
+    dsb     nsh
+    isb
+    ret
