@@ -335,6 +335,23 @@ pub struct EduConfig {
     pub dma_mask: u64,
 }
 
+impl EduConfig {
+    /// The default settings with the completion mode from boot argument `edu.completion`
+    /// (`irq` when absent); an unknown value is an error naming it.
+    pub fn from_bootargs(args: &crate::bootargs::BootArgs<'_>) -> Result<Self, &'static str> {
+        let completion = match args.get("edu.completion") {
+            None => Completion::Irq,
+            Some(value) => value
+                .and_then(Completion::from_bootarg)
+                .ok_or("edu.completion must be irq or poll")?,
+        };
+        Ok(Self {
+            completion,
+            ..Self::default()
+        })
+    }
+}
+
 impl Default for EduConfig {
     fn default() -> Self {
         Self {
@@ -653,6 +670,13 @@ pub enum EduError {
         /// Device.
         bdf: Bdf,
     },
+    /// BAR0 could not be mapped into the kernel's address space.
+    MapBar0 {
+        /// Device.
+        bdf: Bdf,
+        /// What the kernel map said.
+        reason: alloc::string::String,
+    },
     /// Memory decoding is off (enumeration could not place every BAR).
     MemoryDecodingOff {
         /// Device.
@@ -733,6 +757,9 @@ impl fmt::Display for EduError {
                 f,
                 "edu {bdf}: BAR0 is missing, not a 1 MiB memory BAR, or unassigned"
             ),
+            Self::MapBar0 { bdf, reason } => {
+                write!(f, "edu {bdf}: BAR0 could not be mapped: {reason}")
+            }
             Self::MemoryDecodingOff { bdf } => {
                 write!(f, "edu {bdf}: memory decoding is off (see the PCI errors)")
             }
@@ -908,6 +935,11 @@ impl<R: EduRegs> Edu<R> {
     /// The settings.
     pub fn settings(&self) -> EduConfig {
         self.settings
+    }
+
+    /// Whether the INTx handler is attached.
+    pub fn irq_attached(&self) -> bool {
+        self.intx_handle.lock().is_some()
     }
 
     /// The registers (for tests that poke the device directly).
@@ -1239,18 +1271,31 @@ impl<R: EduRegs> Edu<R> {
 
 impl<R: EduRegs + 'static> Edu<R> {
     /// Attach [`handle_irq`](Self::handle_irq) to the device's INTx line (shared with any other
-    /// function on the same line). Detached when the driver is dropped.
+    /// function on the same line); does nothing if already attached. Detached when the driver
+    /// is dropped.
     pub fn attach_irq(self: &Arc<Self>) -> Result<(), EduError> {
         let bdf = self.bdf;
         let (_, irq) = self.intx.ok_or(EduError::NoIntx { bdf })?;
+        let mut slot = self.intx_handle.lock();
+        if slot.is_some() {
+            return Ok(());
+        }
         let weak = Arc::downgrade(self);
         let handle = intx::attach(
             irq,
             Arc::new(move || weak.upgrade().is_some_and(|edu| edu.handle_irq())),
         )
         .map_err(|error| EduError::Irq { bdf, error })?;
-        *self.intx_handle.lock() = Some(handle);
+        *slot = Some(handle);
         Ok(())
+    }
+}
+
+impl<R: EduRegs> Drop for Edu<R> {
+    /// Fail closed: a device nobody drives must not stay a bus master. (One driver instance per
+    /// function: dropping a second instance would clear the first one's Bus Master Enable.)
+    fn drop(&mut self) {
+        pci::disable_bus_master(self.config, self.bdf);
     }
 }
 
@@ -1283,7 +1328,7 @@ mod kernel {
     use crate::{
         cpu,
         drivers::{gic, timer},
-        mm::PhysAddr,
+        mm::kernel_map,
         time,
     };
     use spin::Once;
@@ -1315,12 +1360,9 @@ mod kernel {
 
     static KERNEL_ENV: KernelEnv = KernelEnv;
 
-    /// Probe edu function `dev`: map BAR0, construct the driver, and in interrupt mode attach
+    /// Probe edu function `dev`: map BAR0 (device memory, in the kernel's linear window at the
+    /// physical address enumeration assigned), construct the driver, and in interrupt mode attach
     /// its INTx.
-    ///
-    /// BAR0 is reached through the kernel's linear window at the physical address enumeration
-    /// assigned (`PhysAddr::to_virt`): the kernel maps the host bridge's memory windows there as
-    /// device memory.
     pub fn probe(
         dev: &PciDevice,
         config: &'static dyn ConfigSpace,
@@ -1331,12 +1373,18 @@ mod kernel {
             .filter(|b| b.kind != pci::BarKind::Io && b.size >= BAR0_SIZE)
             .and_then(|b| b.cpu_addr())
             .ok_or(EduError::Bar0 { bdf: dev.bdf })?;
-        let va = PhysAddr(bar0).to_virt().as_u64() as usize;
+        // Already mapped by `pci::init`; mapping is idempotent and makes the driver independent
+        // of that.
+        let va =
+            kernel_map::map_device("edu BAR0", bar0, BAR0_SIZE).map_err(|e| EduError::MapBar0 {
+                bdf: dev.bdf,
+                reason: alloc::format!("{e}"),
+            })?;
         // SAFETY: enumeration placed BAR0 (1 MiB, which holds the register block at offsets
-        // 0..0xA0) at `bar0` in the host bridge's memory window; the kernel maps that window as
-        // device memory in the linear window; this driver instance is the only user of the
-        // registers.
-        let regs = unsafe { MmioBlock::new(va) };
+        // 0..0xA0) at `bar0` in the host bridge's memory window and enabled its decoding;
+        // `map_device` mapped it as device memory at `va`; this driver instance is the only user
+        // of the registers.
+        let regs = unsafe { MmioBlock::new(va.as_u64() as usize) };
         let edu = Arc::new(Edu::new(dev, regs, config, &KERNEL_ENV, settings)?);
         if settings.completion == Completion::Irq {
             edu.attach_irq()?;
@@ -1426,6 +1474,7 @@ mod ktests {
             let edu = first()?;
             kassert_eq!(edu.factorial(5).map_err(|e| alloc::format!("{e}"))?, 120);
             kassert_eq!(edu.factorial(12).map_err(|e| alloc::format!("{e}"))?, 479_001_600);
+            edu.attach_irq().map_err(|e| alloc::format!("{e}"))?;
             let was = cpu::irq_save();
             cpu::irq_enable();
             let result = edu.factorial_with_irq(10);
@@ -1443,6 +1492,7 @@ mod ktests {
         fn edu_intx_reaches_the_gic_and_is_acknowledged() {
             let edu = first()?;
             let intid = edu.intx().ok_or("no INTx")?.1.intid;
+            edu.attach_irq().map_err(|e| alloc::format!("{e}"))?;
             let was = cpu::irq_save();
             edu.regs().write32(Reg::IrqRaise, 0x40);
             let pending = crate::drivers::gic::is_pending(intid);
@@ -1456,6 +1506,37 @@ mod ktests {
             handled.map_err(|e| alloc::format!("{e}"))?;
             kassert_eq!(edu.regs().read32(Reg::IrqStatus), 0);
             Ok(())
+        }
+    }
+
+    crate::ktest! {
+        /// Every edu enumeration found (on the root bus, behind root ports or bridges) was
+        /// probed, answers on its BAR, and its raised interrupt reaches its own handler through
+        /// the swizzled interrupt-map route.
+        fn edu_every_device_answers_and_interrupts() {
+            first()?;
+            let expected = pci::get().map_or(0, |p| p.enumeration.find(VENDOR_ID, DEVICE_ID).count());
+            kassert_eq!(devices().len(), expected, "not every edu probed (see the boot log)");
+            let was = cpu::irq_save();
+            cpu::irq_enable();
+            let mut result = Ok(());
+            for edu in devices() {
+                if let Err(e) = edu.attach_irq() {
+                    result = Err(alloc::format!("{e}"));
+                    break;
+                }
+                edu.regs().write32(Reg::Liveness, edu.bdf().rid().into());
+                if edu.regs().read32(Reg::Liveness) != !u32::from(edu.bdf().rid()) {
+                    result = Err(alloc::format!("{}: liveness failed", edu.bdf()));
+                    break;
+                }
+                if let Err(e) = edu.raise_and_wait_interrupt(0x10) {
+                    result = Err(alloc::format!("{e}"));
+                    break;
+                }
+            }
+            cpu::irq_restore(was);
+            result
         }
     }
 

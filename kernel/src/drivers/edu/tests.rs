@@ -615,10 +615,16 @@ fn command_encoding() {
 
 #[test]
 fn completion_from_bootarg() {
+    use crate::bootargs::BootArgs;
     assert_eq!(Completion::from_bootarg("irq"), Some(Completion::Irq));
     assert_eq!(Completion::from_bootarg("poll"), Some(Completion::Poll));
     assert_eq!(Completion::from_bootarg("IRQ"), None);
     assert_eq!(Completion::Poll.to_string(), "poll");
+    let from = |raw| EduConfig::from_bootargs(&BootArgs::new(raw)).map(|c| c.completion);
+    assert_eq!(from("ktest"), Ok(Completion::Irq));
+    assert_eq!(from("edu.completion=poll"), Ok(Completion::Poll));
+    assert!(from("edu.completion=fast").is_err());
+    assert!(from("edu.completion").is_err());
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1122,14 +1128,22 @@ fn raised_interrupts_reach_the_handler_on_a_shared_line() {
 }
 
 #[test]
-fn dropping_the_driver_detaches_its_handler() {
+fn dropping_the_driver_detaches_its_handler_and_clears_bus_mastering() {
     let r = irq_rig(953);
+    r.edu.attach_irq().unwrap();
+    assert!(r.edu.irq_attached());
     assert_eq!(intx::dispatch(953), 0, "nothing asserted");
     r.dev.state.lock().irq_status = 0x40;
-    assert_eq!(intx::dispatch(953), 1);
+    assert_eq!(
+        intx::dispatch(953),
+        1,
+        "attached once, even when asked twice"
+    );
+    r.enable();
     drop(r.edu);
     r.dev.state.lock().irq_status = 0x40;
     assert_eq!(intx::dispatch(953), 0);
+    assert!(!pci::bus_master_enabled(r.config, r.pci.bdf), "fail closed");
 }
 
 #[test]

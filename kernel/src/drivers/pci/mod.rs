@@ -100,24 +100,49 @@ pub struct Pci {
 
 static PCI: Once<Pci> = Once::new();
 
-/// Enumerate and configure the hierarchy below `host` through `ecam`, log it (one line per
+/// Enumerate and configure the hierarchy below `host` through `ecam`, map every assigned memory
+/// BAR as device memory in the kernel's linear window (on the target), log it all (one line per
 /// function, one warning per problem), and keep the result for [`get`]. Runs once; later calls
 /// return the first result.
 ///
-/// Call at boot after the ECAM and the host bridge's memory windows are mapped as device memory
-/// (drivers reach BARs through the linear window, `PhysAddr::to_virt`), before any PCI driver
-/// probes, and before the SMMU is enabled or after: enumeration itself never enables DMA.
+/// Call at boot once the kernel page tables are up (`mm::kernel_map::init`, which maps the ECAM
+/// region), before any PCI driver probes. Whether the SMMU is enabled yet does not matter:
+/// enumeration never enables DMA.
 pub fn init(host: PcieHost, ecam: Ecam) -> &'static Pci {
     PCI.call_once(|| {
         log::info!("{host}");
         let enumeration = enumerate(&ecam, &host);
         enumeration.log();
+        #[cfg(target_os = "none")]
+        map_bars(&enumeration);
         Pci {
             host,
             ecam,
             enumeration,
         }
     })
+}
+
+/// Map each assigned memory BAR at `LINEAR_BASE + cpu_addr` as Device-nGnRE, where drivers
+/// expect it (`PhysAddr::to_virt`).
+#[cfg(target_os = "none")]
+fn map_bars(enumeration: &Enumeration) {
+    for dev in &enumeration.devices {
+        for bar in &dev.bars {
+            let Some(placed) = bar.assigned else {
+                continue;
+            };
+            if let Err(e) = crate::mm::kernel_map::map_device("PCI BAR", placed.cpu_addr, bar.size)
+            {
+                log::warn!(
+                    "PCI {}: BAR{} at {:#x} could not be mapped: {e}",
+                    dev.bdf,
+                    bar.index,
+                    placed.cpu_addr
+                );
+            }
+        }
+    }
 }
 
 /// The PCI subsystem, once [`init`] has run.
