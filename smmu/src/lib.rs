@@ -31,6 +31,7 @@ extern crate alloc;
 pub mod cd;
 pub mod cmdq;
 pub mod command;
+pub mod device;
 pub mod event;
 pub mod features;
 pub mod hal;
