@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# The arrays are used by the script that sources this; the commas are QEMU's, not bash's.
+# shellcheck disable=SC2034,SC2054
 # The QEMU machine the kernel runs on, as bash arrays. Sourced by scripts/qemu-run, the only
 # place that assembles a QEMU command line; qemu/README.md explains every choice.
 
