@@ -828,7 +828,7 @@ impl<R: EduRegs> Edu<R> {
     /// interrupt enable. Bus mastering stays as enumeration left it: off.
     ///
     /// In [`Completion::Irq`] mode the caller also attaches the interrupt
-    /// ([`attach_irq`](Self::attach_irq)); [`probe`] does both.
+    /// ([`attach_irq`](Self::attach_irq)); `probe` does both (on the target).
     pub fn new(
         dev: &PciDevice,
         regs: R,

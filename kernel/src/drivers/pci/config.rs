@@ -24,7 +24,7 @@ pub mod reg {
     pub const STATUS: u16 = 0x06;
     /// Revision ID (8 bits); the class code is the upper 24 bits of this dword.
     pub const REVISION: u16 = 0x08;
-    /// Header Type (8 bits): layout in bits [6:0], multi-function in bit 7 (§6.2.1).
+    /// Header Type (8 bits): layout in bits 6:0, multi-function in bit 7 (§6.2.1).
     pub const HEADER_TYPE: u16 = 0x0E;
     /// First Base Address Register (§6.2.5.1).
     pub const BAR0: u16 = 0x10;

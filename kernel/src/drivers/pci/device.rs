@@ -145,7 +145,7 @@ impl fmt::Display for Capability {
 }
 
 /// Device/Port Type of the PCI Express Capabilities register (PCI Express Base Specification,
-/// §7.5.3.2, bits [7:4]).
+/// §7.5.3.2, bits 7:4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PciePortType {
     /// 0000b PCI Express Endpoint.
@@ -258,7 +258,7 @@ pub struct PciDevice {
     pub class: ClassCode,
     /// Revision ID.
     pub revision: u8,
-    /// Header layout (Header Type bits [6:0]): 0 = device, 1 = PCI-to-PCI bridge.
+    /// Header layout (Header Type bits 6:0): 0 = device, 1 = PCI-to-PCI bridge.
     pub header_type: u8,
     /// Header Type bit 7 of function 0 of this device.
     pub multifunction: bool,

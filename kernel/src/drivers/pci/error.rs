@@ -89,7 +89,7 @@ pub enum PciError {
     UnsupportedHeader {
         /// The function.
         bdf: Bdf,
-        /// Header Type bits [6:0].
+        /// Header Type bits 6:0.
         header_type: u8,
     },
 }

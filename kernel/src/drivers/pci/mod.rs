@@ -21,7 +21,7 @@
 //! Facts come from the PCI Local Bus Specification 3.0, the PCI-to-PCI Bridge Architecture
 //! Specification 1.2, the PCI Express Base Specification and the PCI Express to PCI/PCI-X
 //! Bridge Specification 1.0, cited where used. Device-tree facts (windows, `iommu-map`,
-//! `interrupt-map`) arrive already decoded in [`PcieHost`](crate::platform::PcieHost).
+//! `interrupt-map`) arrive already decoded in [`crate::platform::PcieHost`].
 
 pub mod config;
 pub mod device;
