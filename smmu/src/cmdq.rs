@@ -894,6 +894,23 @@ mod tests {
     }
 
     #[test]
+    fn atc_invalidation_sync_failure_leaves_the_sync_to_be_retried() {
+        let smmu = FakeSmmu::qemu();
+        let q = queue(&smmu, 2, SECOND);
+        let c = Counters::default();
+        smmu.atc_sync_failures
+            .store(1, core::sync::atomic::Ordering::SeqCst);
+        q.submit(&smmu, &c, &[tagged(0, 0)]).unwrap();
+        let ops: Vec<u8> = smmu.log().iter().map(|e| e.opcode()).collect();
+        assert_eq!(ops, [0x12, 0x46], "the same sync completed on retry");
+        let s = c.snapshot();
+        assert_eq!(
+            (s.atc_sync_errors, s.commands_rejected, s.gerrors),
+            (1, 0, 1)
+        );
+    }
+
+    #[test]
     fn waits_time_out_with_typed_errors() {
         // Nothing consumes: the sync wait times out...
         let smmu = FakeSmmu::new(IdRegisters::QEMU_7_2, Consumption::Deferred);

@@ -288,7 +288,7 @@ pub enum Command {
     TlbiNhVa {
         /// ASID.
         asid: u16,
-        /// Virtual address; bits [11:0] are not encoded.
+        /// Virtual address; bits `[11:0]` are not encoded.
         addr: u64,
         /// Only last-level entries.
         leaf: bool,
@@ -297,7 +297,7 @@ pub enum Command {
     },
     /// `CMD_TLBI_NH_VAA`: entries for a VA (or a range) in every ASID.
     TlbiNhVaa {
-        /// Virtual address; bits [11:0] are not encoded.
+        /// Virtual address; bits `[11:0]` are not encoded.
         addr: u64,
         /// Only last-level entries.
         leaf: bool,

@@ -71,6 +71,8 @@ pub struct FakeSmmu {
     consumed_count: AtomicU64,
     /// Fail the next N command fetches with CERROR_ABT.
     pub abort_fetches: AtomicU32,
+    /// Fail the next N CMD_SYNCs with CERROR_ATC_INV_SYNC (CONS stays on the sync).
+    pub atc_sync_failures: AtomicU32,
     reject: Mutex<Option<std::boxed::Box<RejectFn>>>,
     allocations: Mutex<Vec<(usize, Layout)>>,
     pub bad_64bit_accesses: AtomicU32,
@@ -108,6 +110,7 @@ impl FakeSmmu {
             log: Mutex::new(Vec::new()),
             consumed_count: AtomicU64::new(0),
             abort_fetches: AtomicU32::new(0),
+            atc_sync_failures: AtomicU32::new(0),
             reject: Mutex::new(None),
             allocations: Mutex::new(Vec::new()),
             bad_64bit_accesses: AtomicU32::new(0),
@@ -227,6 +230,15 @@ impl FakeSmmu {
                 .is_ok()
             {
                 self.raise_cmdq_error(cons, 2);
+                break;
+            }
+            if raw[0] as u8 == 0x46
+                && self
+                    .atc_sync_failures
+                    .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                self.raise_cmdq_error(cons, 3);
                 break;
             }
             let rejected = self.reject.lock().unwrap().as_ref().is_some_and(|f| f(raw));

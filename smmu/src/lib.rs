@@ -21,6 +21,34 @@
 //! - [`event`]: event record decoding and event-queue consumption.
 //! - [`stats`]: command counters with snapshots and deltas.
 //! - [`device`]: [`device::Smmu`], which ties everything together.
+//!
+//! # How the kernel uses it
+//!
+//! ```ignore
+//! // 1. Implement the HAL: MMIO at the SMMU's base, DMA memory, `dsb`s, the counter timer.
+//! struct KernelSmmuHal { base: usize, /* ... */ }
+//! unsafe impl smmu::SmmuHal for KernelSmmuHal { /* ... */ }
+//!
+//! // 2. Probe and bring up (before any device may DMA: QEMU 7.2 bypasses while disabled).
+//! let mut smmu = smmu::Smmu::probe(KernelSmmuHal::new(0x0905_0000))?;
+//! smmu.init(&smmu::SmmuConfig::default())?;
+//! static SMMU: spin::Once<smmu::Smmu<KernelSmmuHal>> = spin::Once::new();
+//! let smmu = SMMU.call_once(|| smmu);
+//!
+//! // 3. Share the CPU's TTBR0 tables with a device (StreamID = PCI requester ID).
+//! let cd = smmu::CdParams::sva(&cpu_mmu_config, ttbr0_pa, pinned_asid, mair, smmu.features())?;
+//! smmu.install_stage1(0x8, &cd)?;
+//!
+//! // 4. In every flush path, after the PTE store + DSB and the CPU TLBI:
+//! smmu.invalidate(pinned_asid, smmu::FlushKind::Page(va))?;
+//!
+//! // 5. Interrupts: GERROR -> handle_gerror(); EVENTQ (and after GERROR) -> drain_events().
+//! smmu.handle_gerror()?;
+//! smmu.drain_events(&mut |event| log::warn!("{event}"))?;
+//! ```
+//!
+//! Hardware facts cite the Arm SMMUv3 specification, IHI 0070 G.b, by section; QEMU's model
+//! (7.2 and later) is one implementation and its deviations are called out where they matter.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -45,3 +73,14 @@ pub mod writer;
 
 #[cfg(test)]
 mod fake;
+
+pub use cd::CdParams;
+pub use cmdq::CmdqError;
+pub use command::Command;
+pub use device::{GerrorReport, Smmu, SmmuConfig, SmmuError};
+pub use event::{DrainReport, Event, EventType};
+pub use features::{CpuMmuConfig, Features, Granule};
+pub use hal::{DmaError, DmaRegion, SmmuHal};
+pub use planner::FlushKind;
+pub use stats::CounterSnapshot;
+pub use strtab::StrtabFormat;
