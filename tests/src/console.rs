@@ -160,6 +160,18 @@ pub fn parse(text: &str) -> Transcript {
     out
 }
 
+/// The byte offset of the first `test NAME ... ok|FAILED` line in `text`.
+pub fn first_result_offset(text: &str) -> Option<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if parse_result(line.trim_end_matches(['\r', '\n'])).is_some() {
+            return Some(offset);
+        }
+        offset += line.len();
+    }
+    None
+}
+
 /// `test NAME ... ok` or `test NAME ... FAILED` (NAME without spaces).
 fn parse_result(line: &str) -> Option<(&str, bool)> {
     let rest = line.strip_prefix("test ")?;
@@ -386,6 +398,13 @@ mod tests {
         assert_eq!(parse_result("test  ... ok"), None);
         assert_eq!(parse_result("test a::b ... ignored"), None);
         assert_eq!(parse_result("test a::b ... ok trailing"), None);
+    }
+
+    #[test]
+    fn first_result_offset_finds_the_line_start() {
+        let text = "boot\r\n    reason\r\ntest a::b ... FAILED\r\n";
+        assert_eq!(first_result_offset(text), Some(18));
+        assert_eq!(first_result_offset("no tests\n"), None);
     }
 
     #[test]

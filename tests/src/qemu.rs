@@ -69,6 +69,9 @@ pub struct RunOutput {
     pub end: RunEnd,
     /// Wall time from spawning scripts/qemu-run to its exit.
     pub elapsed: Duration,
+    /// Wall time until the console showed the first test result (boot time plus the first
+    /// test), if it did.
+    pub first_result: Option<Duration>,
 }
 
 /// The timeout from `QEMU_TIMEOUT` (seconds), or [`DEFAULT_TIMEOUT`].
@@ -137,13 +140,22 @@ pub fn run(root: &Path, cfg: &RunConfig) -> Result<RunOutput, Error> {
         thread::sleep(Duration::from_millis(20));
     };
     let elapsed = start.elapsed();
-    let console = console.join().unwrap_or_default();
+    let (console, arrivals) = console.join().unwrap_or_default();
     let stderr = stderr_reader.join().unwrap_or_default();
+    let console = String::from_utf8_lossy(&console).into_owned();
+    // Lossy decoding keeps offsets for valid UTF-8, which the console is in practice.
+    let first_result = crate::console::first_result_offset(&console).and_then(|at| {
+        arrivals
+            .iter()
+            .find(|(end, _)| *end > at)
+            .map(|&(_, when)| when - start)
+    });
     Ok(RunOutput {
-        console: String::from_utf8_lossy(&console).into_owned(),
+        console,
         stderr,
         end,
         elapsed,
+        first_result,
     })
 }
 
@@ -172,9 +184,11 @@ fn kill_group(child: &mut Child) -> Result<(), Error> {
     Ok(())
 }
 
-/// Copy QEMU's stdout to ours as it arrives (partial lines included) and keep it.
-fn pump_stdout(mut from: impl Read, echo: bool) -> Vec<u8> {
+/// Copy QEMU's stdout to ours as it arrives (partial lines included) and keep it, with the
+/// arrival time of each chunk (its end offset and when it came).
+fn pump_stdout(mut from: impl Read, echo: bool) -> (Vec<u8>, Vec<(usize, Instant)>) {
     let mut kept = Vec::new();
+    let mut arrivals = Vec::new();
     let mut buf = [0u8; 4096];
     let mut out = io::stdout();
     loop {
@@ -182,6 +196,7 @@ fn pump_stdout(mut from: impl Read, echo: bool) -> Vec<u8> {
             Ok(0) => break,
             Ok(n) => {
                 kept.extend_from_slice(&buf[..n]);
+                arrivals.push((kept.len(), Instant::now()));
                 if echo {
                     // A closed stdout must not stop the capture.
                     let _ = out.write_all(&buf[..n]).and_then(|()| out.flush());
@@ -191,7 +206,7 @@ fn pump_stdout(mut from: impl Read, echo: bool) -> Vec<u8> {
             Err(_) => break,
         }
     }
-    kept
+    (kept, arrivals)
 }
 
 /// Copy QEMU's stderr line by line, keep it, and watch for the deadlock warning.

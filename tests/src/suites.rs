@@ -104,6 +104,8 @@ pub struct SuiteResult {
     pub verdict: Verdict,
     /// Wall time of the boot.
     pub elapsed: Duration,
+    /// Wall time until the first test result appeared.
+    pub first_result: Option<Duration>,
     /// QEMU's stderr.
     pub stderr: String,
 }
@@ -139,6 +141,7 @@ pub fn run_suite(
         bootargs: args,
         verdict,
         elapsed: out.elapsed,
+        first_result: out.first_result,
         stderr: out.stderr,
     };
     if opts.echo {
@@ -208,13 +211,17 @@ pub fn per_suite_path(path: &Path, suite: &str) -> PathBuf {
 pub fn suite_footer(r: &SuiteResult) -> String {
     let c = r.verdict.counts();
     let mut s = format!(
-        "<== suite {}: {}, {} passed, {} failed ({:.1} s)",
+        "<== suite {}: {}, {} passed, {} failed ({:.2} s",
         r.suite,
         if r.verdict.passed() { "ok" } else { "FAILED" },
         c.passed,
         c.failed,
         r.elapsed.as_secs_f64()
     );
+    if let Some(first) = r.first_result {
+        let _ = write!(s, ", first result after {:.2} s", first.as_secs_f64());
+    }
+    s.push(')');
     if r.verdict.tests.is_empty() && r.verdict.passed() {
         s.push_str("\n  warning: no on-target test matched");
     }
@@ -338,6 +345,7 @@ mod tests {
             reproduce: format!("scripts/ktest --suite {suite}"),
             verdict,
             elapsed: Duration::from_millis(1500),
+            first_result: None,
             stderr: String::new(),
         };
         let results = [
