@@ -3,7 +3,7 @@
 use crate::{
     bootargs::BootArgs,
     console, cpu,
-    drivers::{gic, timer},
+    drivers::{self, gic, timer},
     exception, exit,
     exit::ExitStatus,
     logger,
@@ -103,6 +103,7 @@ pub unsafe fn kernel_init(dtb_pa: u64, image_pa: u64) -> ! {
         Err(e) => boot_error(&alloc::format!("starting secondary CPUs: {e}")),
     }
     cpu::irq_enable();
+    init_pci(platform, &args);
     info!(
         "boot took {} us",
         (crate::time::now_ns() - boot_start_ns) / 1000
@@ -221,6 +222,25 @@ fn init_interrupts(platform: &Platform) {
     if let Err(e) = timer::init(platform.timer.virt.intid) {
         boot_error(&alloc::format!("virtual timer: {e}"));
     }
+}
+
+fn init_pci(platform: &Platform, args: &BootArgs<'_>) {
+    let Some(host) = platform.pcie.clone() else {
+        warn!("no PCIe host bridge in the device tree: no DMA devices");
+        return;
+    };
+    // SAFETY: kernel_map::init mapped the ECAM as device memory in the linear window; only the
+    // PCI subsystem uses it.
+    let ecam = unsafe {
+        drivers::pci::Ecam::new(
+            PhysAddr(host.ecam.base).to_virt().0 as usize,
+            host.bus_range,
+        )
+    };
+    drivers::pci::init(host, ecam);
+    let config = drivers::edu::EduConfig::from_bootargs(args)
+        .unwrap_or_else(|e| boot_error(&alloc::format!("bootargs: {e}")));
+    drivers::edu::init(config);
 }
 
 /// Report an unrecoverable boot problem and exit with [`ExitStatus::BootError`].

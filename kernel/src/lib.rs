@@ -27,7 +27,6 @@ pub mod platform;
 #[cfg(target_os = "none")]
 pub mod console;
 pub mod cpu;
-#[cfg(target_os = "none")]
 pub mod drivers;
 #[cfg(target_os = "none")]
 pub mod exit;

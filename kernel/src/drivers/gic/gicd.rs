@@ -79,13 +79,15 @@ impl Distributor {
         (32 * ((self.regs.TYPER.get() & 0x1F) + 1)).min(1020)
     }
 
-    /// Put every SPI in group 1 (signalled as IRQ to the non-secure EL1 kernel), disabled, at
-    /// a middle priority.
-    pub fn init_spis(&self) {
+    /// Put every SPI in `group` (the group the CPU interface signals as IRQ: group 1 for
+    /// GICv3's system-register interface, group 0 for a GICv2 without security extensions),
+    /// disabled, at a middle priority.
+    pub fn init_spis(&self, group: u8) {
+        let groups = if group == 1 { u32::MAX } else { 0 };
         for word in 1..(self.num_irqs() / 32) as usize {
             self.regs.ICENABLER[word].set(u32::MAX);
             self.regs.ICPENDR[word].set(u32::MAX);
-            self.regs.IGROUPR[word].set(u32::MAX);
+            self.regs.IGROUPR[word].set(groups);
         }
         for word in 8..(self.num_irqs() / 4) as usize {
             self.regs.IPRIORITYR[word].set(0xA0A0_A0A0);

@@ -53,7 +53,9 @@ impl GicV2 {
     /// Configure all SPIs and enable forwarding (boot CPU, once).
     pub fn init_distributor(&self) {
         self.gicd.regs().CTLR.set(0);
-        self.gicd.init_spis();
+        // Group 0: QEMU's GICv2 has no security extensions, and GICD_CTLR/GICC_CTLR bit 0
+        // enables group 0 only (IHI 0048B §4.3.1, §4.4.1).
+        self.gicd.init_spis(0);
         self.gicd.regs().CTLR.set(1);
     }
 

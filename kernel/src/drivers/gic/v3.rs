@@ -85,7 +85,7 @@ impl GicV3 {
         let regs = self.gicd.regs();
         regs.CTLR.set(0);
         self.wait_rwp()?;
-        self.gicd.init_spis();
+        self.gicd.init_spis(1);
         regs.CTLR.set(GICD_CTLR_ARE_GRP1);
         self.wait_rwp()
     }
