@@ -45,7 +45,10 @@
 //! - `CERROR_ATC_INV_SYNC` (3): the `CMD_SYNC` is left in place and is retried;
 //!
 //! and only the `CMDQ_ERR` bit is acknowledged by toggling it in `GERRORN` (other active errors
-//! are left to [`crate::device::Smmu::handle_gerror`]). The submitter whose batch contained the
+//! are left to [`crate::device::Smmu::handle_gerror`]). Every `GERRORN` read-modify-write in
+//! the driver goes through [`CommandQueue::acknowledge_gerror`], which serialises them and
+//! toggles only bits that are still active, so acknowledgements made concurrently on different
+//! CPUs (command recovery, event-queue overflow, MSI aborts) cannot undo each other. The submitter whose batch contained the
 //! rejected slot gets [`CmdqError::Rejected`] once its sync completes; everybody else is
 //! unaffected, and the queue keeps working.
 //!
@@ -288,6 +291,9 @@ pub struct CommandQueue {
     consumed: AtomicU64,
     /// Number of rejections ever recorded, to skip the log lookup when nothing happened.
     rejections_recorded: AtomicU64,
+    /// Serialises read-modify-writes of `GERRORN` (command recovery, event-queue and other
+    /// acknowledgements can run on different CPUs; a lost update would re-raise an error).
+    gerrorn_lock: Mutex<()>,
     timeout_ns: u64,
 }
 
@@ -317,6 +323,7 @@ impl CommandQueue {
             }),
             consumed: AtomicU64::new(0),
             rejections_recorded: AtomicU64::new(0),
+            gerrorn_lock: Mutex::new(()),
             timeout_ns,
         })
     }
@@ -429,6 +436,38 @@ impl CommandQueue {
     ) -> Result<bool, CmdqError> {
         let mut st = self.lock(hal, counters)?;
         self.refresh(&mut st, hal, counters)
+    }
+
+    /// Acknowledges those of `bits` that are active (`GERROR ^ GERRORN`) by toggling exactly
+    /// them in `GERRORN`, atomically with respect to other acknowledgements made through this
+    /// queue. Returns the bits acknowledged. Toggling an inactive bit would *raise* it, so a
+    /// bit another CPU already acknowledged is left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`CmdqError::LockTimeout`].
+    pub fn acknowledge_gerror<H: SmmuHal + ?Sized>(
+        &self,
+        hal: &H,
+        counters: &Counters,
+        bits: u32,
+    ) -> Result<u32, CmdqError> {
+        let _serialised =
+            crate::hal::poll_until(hal, self.timeout_ns, || self.gerrorn_lock.try_lock()).map_err(
+                |waited| {
+                    Counters::bump(&counters.timeouts);
+                    CmdqError::LockTimeout { waited_ns: waited }
+                },
+            )?;
+        let regs = Registers::new(hal);
+        let gerrorn = regs.read(offset::GERRORN).get();
+        let active = regs.read(offset::GERROR).get() ^ gerrorn;
+        let ack = active & bits;
+        if ack != 0 {
+            regs.write_raw(offset::GERRORN, gerrorn ^ ack);
+            Counters::bump(&counters.gerrors);
+        }
+        Ok(ack)
     }
 
     /// Monotonic count of consumed entries, as last observed.
@@ -635,9 +674,8 @@ impl CommandQueue {
                 }
             }
         }
-        Counters::bump(&counters.gerrors);
-        // Acknowledge only CMDQ_ERR: toggle exactly that bit of GERRORN.
-        regs.write_raw(offset::GERRORN, gerrorn ^ GERROR::CMDQ_ERR::SET.value);
+        // Acknowledge only CMDQ_ERR; command processing restarts at CONS.
+        self.acknowledge_gerror(hal, counters, GERROR::CMDQ_ERR::SET.value)?;
         Ok(true)
     }
 }

@@ -863,18 +863,16 @@ impl<H: SmmuHal> Smmu<H> {
         if report.overflow {
             Counters::bump(&self.counters.event_overflows);
         }
-        let regs = self.regs();
-        let gerrorn = regs.read(offset::GERRORN).get();
-        let active = regs.read(offset::GERROR).get() ^ gerrorn;
-        if active & GlobalErrors::EVENTQ_ABT_ERR.bits() != 0 {
+        // QEMU signals a full queue with EVENTQ_ABT_ERR: acknowledge it only after draining.
+        let acked = rt.cmdq.acknowledge_gerror(
+            &self.hal,
+            &self.counters,
+            GlobalErrors::EVENTQ_ABT_ERR.bits(),
+        )?;
+        if acked != 0 {
             log::warn!("SMMU event queue abort/overflow (GERROR.EVENTQ_ABT_ERR): events were lost");
-            regs.write_raw(
-                offset::GERRORN,
-                gerrorn ^ GlobalErrors::EVENTQ_ABT_ERR.bits(),
-            );
             report.abort_error = true;
             Counters::bump(&self.counters.event_overflows);
-            Counters::bump(&self.counters.gerrors);
         }
         Ok(report)
     }
@@ -909,10 +907,10 @@ impl<H: SmmuHal> Smmu<H> {
             active - GlobalErrors::CMDQ_ERR - GlobalErrors::EVENTQ_ABT_ERR - GlobalErrors::SFM_ERR;
         if !others.is_empty() {
             log::warn!("SMMU global errors {others:?}; acknowledging");
-            let gerrorn = regs.read(offset::GERRORN).get();
-            regs.write_raw(offset::GERRORN, gerrorn ^ others.bits());
-            report.acknowledged |= others;
-            Counters::bump(&self.counters.gerrors);
+            let acked = rt
+                .cmdq
+                .acknowledge_gerror(&self.hal, &self.counters, others.bits())?;
+            report.acknowledged |= GlobalErrors::from_bits_retain(acked);
         }
         Ok(report)
     }
@@ -1230,6 +1228,11 @@ mod tests {
         );
         assert_eq!(walk_ste(&fake, 0xFF09), Some(ste::ABORT));
         assert_eq!(smmu.check_invariants(), Ok(()));
+        assert_eq!(
+            fake.bad_64bit_accesses
+                .load(core::sync::atomic::Ordering::SeqCst),
+            0
+        );
     }
 
     #[test]
