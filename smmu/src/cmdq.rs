@@ -580,14 +580,20 @@ impl CommandQueue {
         seq: u64,
     ) -> Result<(), CmdqError> {
         let start = hal.now_ns();
+        // Completion was observed through an MMIO read of CONS (here or on another CPU); the
+        // barrier orders it before whatever the caller does next (e.g. reusing freed pages).
+        let done = || {
+            hal.consume_barrier();
+            Ok(())
+        };
         loop {
             if self.consumed.load(Ordering::Acquire) > seq {
-                return Ok(());
+                return done();
             }
             if let Some(mut st) = self.state.try_lock() {
                 self.refresh(&mut st, hal, counters)?;
                 if self.consumed.load(Ordering::Acquire) > seq {
-                    return Ok(());
+                    return done();
                 }
             }
             if hal.now_ns().saturating_sub(start) > self.timeout_ns {

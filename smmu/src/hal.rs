@@ -22,6 +22,7 @@
 //! SMMU writes event records and then advances `EVENTQ_PROD`; [`SmmuHal::consume_barrier`] is
 //! called after reading `PROD` and before reading the records, and again after reading the
 //! records and before writing `CONS` (so the SMMU cannot overwrite a record still being read).
+//! It is also called once a `CMD_SYNC` is seen consumed, before returning to the caller.
 
 use core::{fmt, ptr::NonNull};
 
@@ -73,9 +74,9 @@ pub unsafe trait SmmuHal: Send + Sync {
     /// observable by the SMMU before any later MMIO write. On aarch64: `dsb st` (or `dsb sy`).
     fn publish_barrier(&self);
 
-    /// Orders earlier MMIO reads before later normal-memory reads, and earlier normal-memory
-    /// reads before later MMIO writes. On aarch64: `dsb sy` (a `dmb osh` also suffices when the
-    /// SMMU is coherent).
+    /// Orders earlier MMIO reads (`EVENTQ_PROD`, `CMDQ_CONS`) before later normal-memory
+    /// accesses, and earlier normal-memory reads before later MMIO writes (`EVENTQ_CONS`). On
+    /// aarch64: `dsb sy` (a `dmb osh` also suffices when the SMMU is coherent).
     fn consume_barrier(&self);
 
     /// Monotonic time in nanoseconds; every wait in this crate is bounded with it.

@@ -7,6 +7,10 @@
 //! expressed as a range whose end wraps or as an empty range, which is where Linux's flush
 //! paths had bugs (`(~0, ~0)`, `end = -1` overflow, `start == end` meaning "all").
 //!
+//! Every command the queue publishes is counted by kind in [`crate::stats::Counters`]
+//! (single/range `NH_VA`, `NH_ASID`, `CFGI`, `SYNC`, flushes), so a flush's cost can be checked
+//! with a snapshot before and after it.
+//!
 //! # Policy (mirrors Linux's SVA invalidation)
 //!
 //! - **No `IDR3.RIL`**: one single-address `CMD_TLBI_NH_VA` per page, or one
