@@ -98,9 +98,18 @@ pub unsafe fn kernel_init(dtb_pa: u64, image_pa: u64) -> ! {
     init_interrupts(platform);
     smp::init_boot_cpu();
     let mpidrs: Vec<u64> = platform.cpus.iter().map(|c| c.mpidr).collect();
-    match smp::start_secondaries(&mpidrs, exit::psci_conduit().expect("conduit set above")) {
-        Ok(n) => info!("{n} CPUs online"),
-        Err(e) => boot_error(&alloc::format!("starting secondary CPUs: {e}")),
+    let cpus =
+        match smp::start_secondaries(&mpidrs, exit::psci_conduit().expect("conduit set above")) {
+            Ok(n) => n,
+            Err(e) => boot_error(&alloc::format!("starting secondary CPUs: {e}")),
+        };
+    info!("{cpus} CPUs online");
+    if let Err(e) = mm::context::init(cpus) {
+        boot_error(&alloc::format!("address spaces: {e}"));
+    }
+    match mm::notifier::init_from_bootargs(args.raw()) {
+        Ok(mode) => info!("secondary TLB notifications: {mode:?}"),
+        Err(e) => boot_error(&alloc::format!("bootargs: {e}")),
     }
     cpu::irq_enable();
     init_pci(platform, &args);
@@ -241,6 +250,15 @@ fn init_pci(platform: &Platform, args: &BootArgs<'_>) {
     let config = drivers::edu::EduConfig::from_bootargs(args)
         .unwrap_or_else(|e| boot_error(&alloc::format!("bootargs: {e}")));
     drivers::edu::init(config);
+    // The SMMU comes up after enumeration (which never sets Bus Master Enable) and before any
+    // driver may enable DMA.
+    match crate::iommu::init(platform, args) {
+        Ok(_) => {}
+        Err(crate::iommu::IommuError::NoSmmu) => {
+            warn!("no SMMUv3 in the device tree: DMA devices stay disabled (no Bus Master Enable)")
+        }
+        Err(e) => boot_error(&alloc::format!("{e}")),
+    }
 }
 
 /// Report an unrecoverable boot problem and exit with [`ExitStatus::BootError`].

@@ -40,3 +40,5 @@ pub mod time;
 pub mod smp;
 #[cfg(target_os = "none")]
 pub mod demo;
+#[cfg(target_os = "none")]
+pub mod iommu;

@@ -432,13 +432,18 @@ impl<H: SmmuHal> Smmu<H> {
             Ok(runtime) => {
                 self.runtime = Some(runtime);
                 self.check_invariants().map_err(SmmuError::Invariant)?;
+                // One lock at a time: guards in a format argument live to the end of the
+                // statement, so taking the same lock twice here would deadlock.
+                let rt = self.runtime()?;
+                let layout = rt.streams.lock().table.layout();
+                let eventq_log2 = rt.eventq.lock().geometry().log2_entries();
                 log::info!(
                     "SMMU enabled: {:?} stream table ({} StreamID bits), cmdq 2^{}, eventq 2^{}, GBPA abort {}",
-                    self.runtime()?.streams.lock().table.layout().format,
-                    self.runtime()?.streams.lock().table.layout().sid_bits,
-                    self.runtime()?.cmdq.geometry().log2_entries(),
-                    self.runtime()?.eventq.lock().geometry().log2_entries(),
-                    if self.runtime()?.gbpa_abort {
+                    layout.format,
+                    layout.sid_bits,
+                    rt.cmdq.geometry().log2_entries(),
+                    eventq_log2,
+                    if rt.gbpa_abort {
                         "effective"
                     } else {
                         "absent (disabled SMMU bypasses)"
