@@ -6,14 +6,45 @@
 //! test.
 //!
 //! Output contract, read by the host harness (tests/): per test, any failure reason first,
-//! then exactly one line `test <module::name> ... ok` or `test <module::name> ... FAILED`;
-//! finally `N passed, N failed`. The exit status is 0 iff nothing failed. A panic inside a test
-//! prints `test <name> ... FAILED` from the panic handler before the panic exit.
+//! then exactly one line `test <module::name> ... ok`, `test <module::name> ... FAILED` or
+//! `test <module::name> ... skipped (<what it needs>)`; finally `N passed, N failed` (followed
+//! by `, N skipped` when tests were skipped). The exit status is 0 iff nothing failed. A panic
+//! inside a test prints `test <name> ... FAILED` from the panic handler before the panic exit.
 
 use alloc::string::String;
 
-/// The result of an on-target test: `Err` carries the reason.
-pub type TestResult = Result<(), String>;
+/// Why an on-target test did not pass.
+#[derive(Debug)]
+pub enum TestFailure {
+    /// The test failed, for this reason.
+    Failed(String),
+    /// The machine lacks what the test needs (e.g. a second DMA device); the test did not run.
+    Skipped(&'static str),
+}
+
+impl From<String> for TestFailure {
+    fn from(reason: String) -> Self {
+        Self::Failed(reason)
+    }
+}
+
+impl From<&str> for TestFailure {
+    fn from(reason: &str) -> Self {
+        Self::Failed(reason.into())
+    }
+}
+
+/// The result of an on-target test.
+pub type TestResult = Result<(), TestFailure>;
+
+/// Skip the current test unless `cond` holds (the machine lacks what it needs).
+pub fn require(cond: bool, what: &'static str) -> TestResult {
+    if cond {
+        Ok(())
+    } else {
+        Err(TestFailure::Skipped(what))
+    }
+}
 
 /// A registered on-target test.
 #[repr(C)]
@@ -51,12 +82,12 @@ macro_rules! ktest {
 macro_rules! kassert {
     ($cond:expr $(,)?) => {
         if !$cond {
-            return Err(alloc::format!("assertion failed: {} ({}:{})", stringify!($cond), file!(), line!()));
+            return Err(alloc::format!("assertion failed: {} ({}:{})", stringify!($cond), file!(), line!()).into());
         }
     };
     ($cond:expr, $($arg:tt)+) => {
         if !$cond {
-            return Err(alloc::format!("{} ({}:{})", format_args!($($arg)+), file!(), line!()));
+            return Err(alloc::format!("{} ({}:{})", format_args!($($arg)+), file!(), line!()).into());
         }
     };
 }
@@ -70,7 +101,7 @@ macro_rules! kassert_eq {
             return Err(alloc::format!(
                 "assertion failed: {} == {}: left {:?}, right {:?} ({}:{})",
                 stringify!($left), stringify!($right), l, r, file!(), line!()
-            ));
+            ).into());
         }
     }};
     ($left:expr, $right:expr, $($arg:tt)+) => {{
@@ -79,7 +110,7 @@ macro_rules! kassert_eq {
             return Err(alloc::format!(
                 "{}: left {:?}, right {:?} ({}:{})",
                 format_args!($($arg)+), l, r, file!(), line!()
-            ));
+            ).into());
         }
     }};
 }
@@ -152,7 +183,7 @@ mod runner {
             selected.len(),
             filter
         );
-        let (mut passed, mut failed) = (0usize, 0usize);
+        let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
         let suite_start = time::now_ns();
         for test in &selected {
             CURRENT.store((*test as *const KTest).cast_mut(), Ordering::Relaxed);
@@ -165,7 +196,11 @@ mod runner {
                     log::debug!("{} took {} ms", test.name, ms);
                     println!("test {} ... ok", test.name);
                 }
-                Err(reason) => {
+                Err(super::TestFailure::Skipped(what)) => {
+                    skipped += 1;
+                    println!("test {} ... skipped ({what})", test.name);
+                }
+                Err(super::TestFailure::Failed(reason)) => {
                     failed += 1;
                     for line in reason.lines() {
                         println!("    {line}");
@@ -179,7 +214,11 @@ mod runner {
             "on-target suite time: {} ms",
             (time::now_ns() - suite_start) / 1_000_000
         );
-        println!("{passed} passed, {failed} failed");
+        if skipped == 0 {
+            println!("{passed} passed, {failed} failed");
+        } else {
+            println!("{passed} passed, {failed} failed, {skipped} skipped");
+        }
         exit::exit(if failed == 0 {
             exit::ExitStatus::Success
         } else {
@@ -206,9 +245,7 @@ mod tests {
 mod harness_selftest {
     crate::ktest! {
         fn harness_selftest_reports_failure() {
-            Err(alloc::string::String::from(
-                "deliberate failure: the harness must report this test as FAILED",
-            ))
+            Err("deliberate failure: the harness must report this test as FAILED".into())
         }
     }
 

@@ -42,3 +42,5 @@ pub mod smp;
 pub mod demo;
 #[cfg(target_os = "none")]
 pub mod iommu;
+#[cfg(target_os = "none")]
+pub mod scenarios;

@@ -1536,7 +1536,7 @@ mod ktests {
                 }
             }
             cpu::irq_restore(was);
-            result
+            result.map_err(Into::into)
         }
     }
 

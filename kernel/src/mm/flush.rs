@@ -383,6 +383,15 @@ impl TlbFlush {
         &self.freed
     }
 
+    /// Widens the invalidation to the whole address space — the explicit [`FlushRange::All`]
+    /// kind, never a wrapping or empty range — as Linux's `flush_tlb_mm` does after scattered
+    /// changes. A token with no invalidation (only new mappings) stays barrier-only.
+    pub fn widen_to_all(&mut self) {
+        if let Some(inv) = &mut self.inval {
+            inv.range = FlushRange::All;
+        }
+    }
+
     /// Folds `other` into `self` (one flush for several changes, like Linux's `mmu_gather`):
     /// the range becomes the hull, walk caches are invalidated if either needs it, and the
     /// result is upgrade-only only if every invalidating part was.

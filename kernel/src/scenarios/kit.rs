@@ -1,0 +1,340 @@
+//! The rig every scenario runs on: a fresh address space shared with an edu device through the
+//! SMMU, frames the test owns, and DMA helpers that return what the device really did.
+//!
+//! Checks read memory, not only events: QEMU's edu never reports a failed DMA (a faulted read
+//! leaves zeros, a faulted write is dropped), so a scenario compares page contents, and uses
+//! the SMMU events only to say *why*.
+
+use crate::{
+    drivers::{
+        dma::{DmaFault, DmaFaultKind},
+        edu::{self, DmaError, EduDevice},
+    },
+    iommu::{self, Attachment},
+    ktest::{TestFailure, require},
+    mm::{
+        PhysAddr, VirtAddr,
+        address_space::AddressSpace,
+        context, frame,
+        notifier::SecondaryTlbMode,
+        pgtable::{MapAttrs, MemType, Perms, VaRange},
+    },
+};
+use alloc::{format, string::String, sync::Arc, vec::Vec};
+use core::fmt;
+use smmu::CounterSnapshot;
+
+/// Where scenarios put the pages under test (a lower-half VA the CPU and the device share).
+pub const IOVA_BASE: u64 = 0x0000_0040_0000_0000;
+/// The rig's staging page, used to load and inspect the device's internal buffer.
+const SCRATCH_VA: u64 = 0x0000_0030_0000_0000;
+/// How often a faulting device write is retried before the scenario calls it stuck.
+pub const RETRY_CAP: u32 = 8;
+
+/// A physically contiguous block of frames owned by a scenario.
+pub struct Frames {
+    pa: PhysAddr,
+    size: u64,
+}
+
+impl Frames {
+    /// `pages` zeroed frames, physically contiguous, aligned to `align`.
+    pub fn alloc(pages: u64, align: u64) -> Result<Self, String> {
+        let size = pages * crate::mm::PAGE_SIZE;
+        let pa = frame::alloc_zeroed(size, align).map_err(|e| format!("{e}"))?;
+        Ok(Self { pa, size })
+    }
+
+    /// One zeroed frame.
+    pub fn page() -> Result<Self, String> {
+        Self::alloc(1, crate::mm::PAGE_SIZE)
+    }
+
+    /// Physical address of byte `off`.
+    pub fn pa(&self, off: u64) -> PhysAddr {
+        assert!(
+            off < self.size,
+            "offset {off:#x} outside a block of {:#x}",
+            self.size
+        );
+        self.pa.add(off)
+    }
+
+    fn ptr(&self, off: u64, len: usize) -> *mut u8 {
+        assert!(
+            off + len as u64 <= self.size,
+            "access outside a block of {:#x}",
+            self.size
+        );
+        self.pa.add(off).to_virt().0 as *mut u8
+    }
+
+    /// Fill `len` bytes at `off` with `byte` (through the kernel's linear map).
+    pub fn fill(&self, off: u64, len: usize, byte: u8) {
+        let p = self.ptr(off, len);
+        // SAFETY: the block is owned by this value and mapped RW in the linear window; volatile
+        // because a device reads it behind the compiler's back.
+        unsafe { (0..len).for_each(|i| p.add(i).write_volatile(byte)) };
+    }
+
+    /// Copy `len` bytes at `off` out.
+    pub fn read(&self, off: u64, len: usize) -> Vec<u8> {
+        let p = self.ptr(off, len);
+        // SAFETY: as in `fill`; volatile because a device writes it.
+        (0..len)
+            .map(|i| unsafe { p.add(i).read_volatile() })
+            .collect()
+    }
+
+    /// Whether `len` bytes at `off` all equal `byte`.
+    pub fn holds(&self, off: u64, len: usize, byte: u8) -> bool {
+        self.read(off, len).iter().all(|&b| b == byte)
+    }
+
+    /// A short description of the first bytes at `off`, for failure messages.
+    pub fn describe(&self, off: u64) -> String {
+        let b = self.read(off, 4);
+        format!("{:02x} {:02x} {:02x} {:02x}", b[0], b[1], b[2], b[3])
+    }
+}
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        frame::free(self.pa, self.size, crate::mm::PAGE_SIZE);
+    }
+}
+
+/// An address space shared with one edu device.
+pub struct Rig {
+    /// The shared address space.
+    pub space: Arc<AddressSpace>,
+    /// The device.
+    pub edu: Arc<EduDevice>,
+    scratch: Frames,
+    attachment: Option<Attachment>,
+}
+
+/// The device's StreamID and a label for messages.
+impl fmt::Debug for Rig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Rig(edu {}, ASID {})", self.edu.bdf(), self.space.asid())
+    }
+}
+
+/// A new address space.
+pub fn new_space(mode: SecondaryTlbMode) -> Result<Arc<AddressSpace>, TestFailure> {
+    let space = context::new_address_space().map_err(|e| format!("address space: {e}"))?;
+    space.set_secondary_mode_override(Some(mode));
+    Ok(space)
+}
+
+impl Rig {
+    /// Share a fresh address space, whose secondary TLBs are told about flushes according to
+    /// `mode`, with edu device number `index`. Skips when the machine has no such device.
+    pub fn new(index: usize, mode: SecondaryTlbMode) -> Result<Self, TestFailure> {
+        let space = new_space(mode)?;
+        Self::on(index, space)
+    }
+
+    /// Share `space` with edu device number `index`.
+    pub fn on(index: usize, space: Arc<AddressSpace>) -> Result<Self, TestFailure> {
+        let iommu = iommu::get().ok_or("no SMMU: the kernel found no arm,smmu-v3 node")?;
+        let devices = edu::devices();
+        require(
+            devices.len() > index,
+            if index == 0 {
+                "an edu device"
+            } else {
+                "two edu devices"
+            },
+        )?;
+        let edu = devices[index].clone();
+        let scratch = Frames::page()?;
+        map(&space, SCRATCH_VA, scratch.pa(0), 1, Perms::RW)?;
+        let attachment = iommu
+            .attach(&edu, &space)
+            .map_err(|e| format!("attach {}: {e}", edu.bdf()))?;
+        Ok(Self {
+            space,
+            edu,
+            scratch,
+            attachment: Some(attachment),
+        })
+    }
+
+    /// Map `pages` pages at `va` to the frames at `pa` with `perms`, and flush.
+    pub fn map(&self, va: u64, pa: PhysAddr, pages: u64, perms: Perms) -> Result<(), String> {
+        map(&self.space, va, pa, pages, perms)
+    }
+
+    /// Change the permissions of `pages` pages at `va`, and flush.
+    pub fn protect(&self, va: u64, pages: u64, perms: Perms) -> Result<(), String> {
+        let t = self
+            .space
+            .protect(range(va, pages)?, perms)
+            .map_err(|e| format!("protect {va:#x}: {e}"))?;
+        self.space.flush(t).map_err(|e| format!("flush: {e}"))?;
+        Ok(())
+    }
+
+    /// Device buffer ← memory at `va` (the device reads `len` bytes).
+    pub fn device_reads(&self, va: u64, len: u32) -> Result<(), DmaError> {
+        self.edu.read_from(va, 0, len)
+    }
+
+    /// Memory at `va` ← device buffer (the device writes `len` bytes).
+    pub fn device_writes(&self, va: u64, len: u32) -> Result<(), DmaError> {
+        self.edu.write_to(va, 0, len)
+    }
+
+    /// Put `len` bytes of `byte` in the device's buffer (staged through the scratch page).
+    pub fn load_device(&self, byte: u8, len: u32) -> Result<(), String> {
+        self.scratch.fill(0, len as usize, byte);
+        self.edu
+            .read_from(SCRATCH_VA, 0, len)
+            .map_err(|e| format!("loading the device buffer: {e}"))
+    }
+
+    /// The first `len` bytes of the device's buffer (staged through the scratch page).
+    pub fn device_buffer(&self, len: u32) -> Result<Vec<u8>, String> {
+        self.scratch.fill(0, len as usize, 0xEE);
+        self.edu
+            .write_to(SCRATCH_VA, 0, len)
+            .map_err(|e| format!("reading the device buffer back: {e}"))?;
+        Ok(self.scratch.read(0, len as usize))
+    }
+
+    /// The device writes `len` bytes at `va`, retried up to [`RETRY_CAP`] times while it faults.
+    pub fn device_writes_with_retries(&self, va: u64, len: u32) -> Result<Retries, String> {
+        let mut r = Retries::default();
+        for attempt in 1..=RETRY_CAP {
+            match self.device_writes(va, len) {
+                Ok(()) => {
+                    r.succeeded_at = Some(attempt);
+                    break;
+                }
+                Err(DmaError::Fault { fault, .. }) => r.record(fault),
+                Err(e) => return Err(format!("device write at {va:#x}: {e}")),
+            }
+        }
+        Ok(r)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        // Stop the device and unbind before the address space can go away.
+        self.attachment.take();
+    }
+}
+
+/// What happened to a device write retried after faults.
+#[derive(Debug, Default, Clone)]
+pub struct Retries {
+    /// The attempt that succeeded (1 = the first try), if any.
+    pub succeeded_at: Option<u32>,
+    /// Attempts that faulted.
+    pub faulted: u32,
+    /// Fault events over all attempts (QEMU: one per 4-byte chunk).
+    pub events: u32,
+    /// Every fault was a permission fault at the written address.
+    pub kinds: Vec<(DmaFaultKind, u64)>,
+}
+
+impl Retries {
+    fn record(&mut self, fault: DmaFault) {
+        self.faulted += 1;
+        self.events += fault.count;
+        self.kinds.push((fault.kind, fault.iova));
+    }
+
+    /// Whether every faulted attempt was `kind` at `va`.
+    pub fn all(&self, kind: DmaFaultKind, va: u64) -> bool {
+        self.kinds.iter().all(|&(k, a)| k == kind && a == va)
+    }
+}
+
+/// The page range `[va, va + pages pages)`.
+pub fn range(va: u64, pages: u64) -> Result<VaRange, String> {
+    VaRange::new(VirtAddr(va), pages * crate::mm::PAGE_SIZE)
+        .map_err(|e| format!("range {va:#x}: {e}"))
+}
+
+/// Map `pages` pages at `va` in `space` to the frames at `pa` (pages only, no blocks), flushed.
+pub fn map(
+    space: &AddressSpace,
+    va: u64,
+    pa: PhysAddr,
+    pages: u64,
+    perms: Perms,
+) -> Result<(), String> {
+    let attrs = MapAttrs::new(perms, MemType::Normal, false);
+    let t = space
+        .map(range(va, pages)?, pa, attrs, false)
+        .map_err(|e| format!("map {va:#x}: {e}"))?;
+    space.flush(t).map_err(|e| format!("flush: {e}"))?;
+    Ok(())
+}
+
+/// SMMU commands issued while `f` runs.
+pub fn commands_during<R>(f: impl FnOnce() -> R) -> (R, CounterSnapshot) {
+    let iommu = iommu::get().expect("scenarios run only with an SMMU");
+    let before = iommu.stats();
+    let r = f();
+    (r, iommu.stats().delta(&before))
+}
+
+/// What a scenario observed: the record behind its verdict, and a row of the demo's table.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The scenario.
+    pub scenario: &'static str,
+    /// How secondary TLBs were told about flushes.
+    pub mode: SecondaryTlbMode,
+    /// The device saw the new page-table state (data landed where the tables say; forbidden
+    /// accesses faulted), checked in memory.
+    pub fresh: bool,
+    /// SMMU commands issued by the change under test.
+    pub commands: CounterSnapshot,
+    /// Device fault events seen by the checking transfers.
+    pub device_faults: u32,
+    /// What happened, in words.
+    pub detail: String,
+}
+
+impl Outcome {
+    /// The verdict for a correct mode: the device must have seen the new state.
+    pub fn expect_fresh(&self) -> Result<(), TestFailure> {
+        if self.fresh {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} in {:?} mode: the device used a stale translation: {}",
+                self.scenario, self.mode, self.detail
+            )
+            .into())
+        }
+    }
+
+    /// The verdict for a negative control: the bug must be visible, or the test is blind.
+    pub fn expect_stale(&self) -> Result<(), TestFailure> {
+        if self.fresh {
+            Err(format!(
+                "negative control {} in {:?} mode saw no stale translation — the test cannot detect the bug: {}",
+                self.scenario, self.mode, self.detail
+            )
+            .into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Short mode name for tables.
+pub fn mode_name(mode: SecondaryTlbMode) -> &'static str {
+    match mode {
+        SecondaryTlbMode::Sync => "sync",
+        SecondaryTlbMode::Legacy => "legacy",
+        SecondaryTlbMode::Off => "off",
+    }
+}

@@ -1,0 +1,10 @@
+//! The invalidation scenarios: on an emulated SMMUv3 with a real DMA master (QEMU's edu), the
+//! flush paths must keep the SMMU's TLB coherent with the CPU's page tables — and each
+//! scenario's negative control (the same steps with the secondary invalidation disabled, in
+//! `legacy` or `off` mode) must observe the failure, or the scenario could not detect the bug.
+//!
+//! Each scenario is a function of the mode returning an [`kit::Outcome`]; the on-target tests
+//! assert on it and the main job prints it as a table row.
+
+pub mod kit;
+pub mod permission;
