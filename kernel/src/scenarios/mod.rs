@@ -8,3 +8,14 @@
 
 pub mod kit;
 pub mod permission;
+
+use crate::mm::notifier::SecondaryTlbMode;
+use alloc::string::String;
+
+/// Further acts of the main job: (title, introduction, scenario), each run with the SMMU left
+/// out (`off`) and told (`sync`).
+pub static DEMO_EXTRAS: &[(
+    &str,
+    &str,
+    fn(SecondaryTlbMode) -> Result<kit::Outcome, String>,
+)] = &[];
