@@ -8,11 +8,12 @@
 use crate::mm::notifier::SecondaryTlbMode::{self, Legacy, Off, Sync};
 use crate::{
     exit, println,
-    scenarios::kit::{Outcome, mode_name},
+    scenarios::{
+        Scenario,
+        kit::{Outcome, mode_name},
+    },
 };
-use alloc::{string::String, vec::Vec};
-
-type Scenario = fn(SecondaryTlbMode) -> Result<Outcome, String>;
+use alloc::vec::Vec;
 
 /// Run the demonstration and power off.
 pub fn main() -> ! {

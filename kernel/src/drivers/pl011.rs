@@ -60,8 +60,8 @@ impl Pl011 {
     /// # Safety
     /// `base` must be the virtual address of a mapped PL011, used by nothing else.
     pub const unsafe fn new(base: usize) -> Self {
-        // SAFETY: forwarded from the caller.
         Self {
+            // SAFETY: forwarded from the caller.
             regs: unsafe { MmioBlock::new(base) },
         }
     }

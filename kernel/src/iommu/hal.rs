@@ -29,7 +29,7 @@ impl KernelSmmuHal {
     }
 
     fn reg<T>(&self, offset: usize) -> *mut T {
-        debug_assert!(offset < 0x2_0000 && offset % core::mem::size_of::<T>() == 0);
+        debug_assert!(offset < 0x2_0000 && offset.is_multiple_of(core::mem::size_of::<T>()));
         (self.base + offset) as *mut T
     }
 }

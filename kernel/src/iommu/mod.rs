@@ -403,17 +403,17 @@ impl Iommu {
 
     fn route(&self, ev: Event) {
         let mut router = self.router.lock();
-        if let Some(addr) = ev.input_addr {
-            if let Some(w) = router.watches.iter_mut().find(|w| {
+        if let Some(addr) = ev.input_addr
+            && let Some(w) = router.watches.iter_mut().find(|w| {
                 w.window.stream_id == ev.stream_id
                     && addr >= w.window.iova
                     && addr - w.window.iova < w.window.len
-            }) {
-                let write = ev.access.is_some_and(|a| !a.read);
-                w.first.get_or_insert((ev.kind, addr, write));
-                w.count += 1;
-                return;
-            }
+            })
+        {
+            let write = ev.access.is_some_and(|a| !a.read);
+            w.first.get_or_insert((ev.kind, addr, write));
+            w.count += 1;
+            return;
         }
         if let Some((_, h)) = router.handlers.iter().find(|(s, _)| *s == ev.stream_id) {
             let h = h.clone();

@@ -213,7 +213,7 @@ mod target {
                 // Map the unmapped run starting here, block-aligned where possible.
                 let mut run_end = page + PAGE_SIZE;
                 while run_end < end && pt.translate(linear(run_end)).is_none() {
-                    run_end += if run_end % BLOCK_2M == 0 && run_end + BLOCK_2M <= end {
+                    run_end += if run_end.is_multiple_of(BLOCK_2M) && run_end + BLOCK_2M <= end {
                         BLOCK_2M
                     } else {
                         PAGE_SIZE

@@ -12,10 +12,9 @@ pub mod permission;
 use crate::mm::notifier::SecondaryTlbMode;
 use alloc::string::String;
 
+/// A scenario: run it in a mode, get what the device did.
+pub type Scenario = fn(SecondaryTlbMode) -> Result<kit::Outcome, String>;
+
 /// Further acts of the main job: (title, introduction, scenario), each run with the SMMU left
 /// out (`off`) and told (`sync`).
-pub static DEMO_EXTRAS: &[(
-    &str,
-    &str,
-    fn(SecondaryTlbMode) -> Result<kit::Outcome, String>,
-)] = &[];
+pub static DEMO_EXTRAS: &[(&str, &str, Scenario)] = &[];

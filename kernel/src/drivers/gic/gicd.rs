@@ -63,8 +63,8 @@ impl Distributor {
     /// # Safety
     /// `base` must be the mapped GICD, used only through this driver.
     pub const unsafe fn new(base: usize) -> Self {
-        // SAFETY: forwarded from the caller.
         Self {
+            // SAFETY: forwarded from the caller.
             regs: unsafe { MmioBlock::new(base) },
         }
     }

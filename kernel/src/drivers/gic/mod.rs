@@ -97,11 +97,14 @@ pub fn register(intid: u32, trigger: Trigger, handler: Handler) -> Result<(), Gi
     {
         let was = cpu::irq_save();
         let mut handlers = HANDLERS.write();
-        let result = if handlers.contains_key(&intid) {
-            Err(GicError::AlreadyRegistered(intid))
-        } else {
-            handlers.insert(intid, handler);
-            Ok(())
+        let result = match handlers.entry(intid) {
+            alloc::collections::btree_map::Entry::Occupied(_) => {
+                Err(GicError::AlreadyRegistered(intid))
+            }
+            alloc::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(handler);
+                Ok(())
+            }
         };
         drop(handlers);
         cpu::irq_restore(was);

@@ -67,8 +67,8 @@ impl GicV3 {
     /// `gicd` and `[gicr_base, gicr_base + gicr_size)` must be the mapped GICv3 distributor and
     /// redistributor region, used only through this driver.
     pub unsafe fn new(gicd: usize, gicr_base: usize, gicr_size: usize) -> Self {
-        // SAFETY: forwarded from the caller.
         Self {
+            // SAFETY: forwarded from the caller.
             gicd: unsafe { Distributor::new(gicd) },
             gicr_base,
             gicr_size,

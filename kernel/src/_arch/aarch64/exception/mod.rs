@@ -87,20 +87,19 @@ fn handle_sync(vector: VectorKind, frame: &mut TrapFrame) {
         frame.elr += 4;
         return;
     }
-    if let Some(abort) = Abort::decode(esr, far) {
-        if let Some(addr) = abort.address {
-            if addr < crate::mm::addr::USER_VA_END
-                && super::lower_half_fault(&abort, frame.elr) == FaultResolution::Retry
-            {
-                return;
-            }
-        }
+    if let Some(abort) = Abort::decode(esr, far)
+        && abort
+            .address
+            .is_some_and(|addr| addr < crate::mm::addr::USER_VA_END)
+        && super::lower_half_fault(&abort, frame.elr) == FaultResolution::Retry
+    {
+        return;
     }
     fatal(vector, frame, Some((esr, far)))
 }
 
 fn instruction_at(pc: u64) -> Option<u32> {
-    if pc % 4 != 0 || pc < crate::mm::addr::LINEAR_BASE {
+    if !pc.is_multiple_of(4) || pc < crate::mm::addr::LINEAR_BASE {
         return None;
     }
     // SAFETY: the PC of a synchronous exception taken at EL1 in the kernel image is mapped
