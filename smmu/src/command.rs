@@ -13,6 +13,10 @@
 //!   (QEMU virt >= 9.2) `CMD_TLBI_NH_*` only match entries whose `STE.S2VMID` equals the
 //!   command's VMID, which this driver also keeps at 0.
 //! - `SSec` is always 0 (required on the Non-secure queue, §4.1.6).
+//!
+//! The one exception is [`Command::Raw`], a **test hook** the driver never issues: it carries an
+//! arbitrary 16-byte encoding so that on-target tests can put a command the SMMU rejects
+//! (`CERROR_ILL`, §7.1) in the middle of a real batch and check the recovery path end to end.
 
 // `register_bitfields!` generates undocumented items.
 #![allow(missing_docs)]
@@ -311,6 +315,12 @@ pub enum Command {
         /// Completion signal.
         signal: SyncSignal,
     },
+    /// **Test hook, never issued by the driver**: these two doublewords, unchecked (dword 0
+    /// first; the opcode is the low byte of dword 0). It exists so on-target tests can submit
+    /// an encoding the SMMU rejects with `CERROR_ILL` (e.g. a reserved opcode, §4.1.1) inside
+    /// a batch of real commands and check the recovery of §7.1 (see [`crate::cmdq`]). Counted
+    /// as [`CommandKind::Raw`].
+    Raw([u64; 2]),
 }
 
 /// Command categories counted by [`crate::stats`].
@@ -332,6 +342,8 @@ pub enum CommandKind {
     TlbiAll,
     /// `CMD_SYNC`.
     Sync,
+    /// [`Command::Raw`] (test hook).
+    Raw,
 }
 
 impl Command {
@@ -360,6 +372,7 @@ impl Command {
             Self::TlbiNhVaa { .. } => opcode::TLBI_NH_VAA,
             Self::TlbiNsnhAll => opcode::TLBI_NSNH_ALL,
             Self::Sync { .. } => opcode::SYNC,
+            Self::Raw(words) => words[0] as u8,
         }
     }
 
@@ -377,11 +390,15 @@ impl Command {
             Self::TlbiNhAsid { .. } => CommandKind::TlbiNhAsid,
             Self::TlbiNhAll | Self::TlbiNsnhAll => CommandKind::TlbiAll,
             Self::Sync { .. } => CommandKind::Sync,
+            Self::Raw(_) => CommandKind::Raw,
         }
     }
 
     /// The 16-byte queue entry, as two little-endian doublewords (dword 0 first).
     pub fn encode(&self) -> [u64; 2] {
+        if let Self::Raw(words) = *self {
+            return words;
+        }
         let mut w0: LocalRegisterCopy<u64, CMD0::Register> = LocalRegisterCopy::new(0);
         let mut w1: LocalRegisterCopy<u64, CMD1::Register> = LocalRegisterCopy::new(0);
         w0.modify(CMD0::OPCODE.val(u64::from(self.opcode())));
@@ -422,6 +439,7 @@ impl Command {
                 SyncSignal::Irq => CMD0::CS::Irq,
                 SyncSignal::Sev => CMD0::CS::Sev,
             }),
+            Self::Raw(_) => unreachable!("returned above"),
         }
         [w0.get(), w1.get()]
     }
@@ -471,6 +489,7 @@ impl fmt::Display for Command {
             }
             Self::TlbiNhAll | Self::TlbiNsnhAll => Ok(()),
             Self::Sync { signal } => write!(f, " cs={signal:?}"),
+            Self::Raw([w0, w1]) => write!(f, " (raw {w0:#018x} {w1:#018x})"),
         }
     }
 }
@@ -912,5 +931,25 @@ mod tests {
         assert!(s.contains("512 pages"), "{s}");
         assert_eq!(opcode::name(0x07), "CMD_CFGI_VMS_PIDM");
         assert_eq!(opcode::name(0x7F), "RESERVED");
+    }
+
+    #[test]
+    fn raw_test_hook_is_passed_through_unchanged() {
+        let words = [0xDEAD_BEEF_0000_007F, 0x0123_4567_89AB_CDEF];
+        let cmd = Command::Raw(words);
+        assert_eq!(cmd.encode(), words);
+        assert_eq!(cmd.opcode(), 0x7F);
+        assert_eq!(cmd.kind(), CommandKind::Raw);
+        assert_eq!(
+            cmd.to_string(),
+            "RESERVED (raw 0xdeadbeef0000007f 0x0123456789abcdef)"
+        );
+        // A raw encoding of a real command is that command on the wire.
+        let asid = Command::TlbiNhAsid { asid: 9 };
+        assert_eq!(Command::Raw(asid.encode()).opcode(), 0x11);
+        assert_eq!(
+            decode(Command::Raw(asid.encode()).encode()),
+            decode(asid.encode())
+        );
     }
 }

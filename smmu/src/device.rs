@@ -578,6 +578,17 @@ impl<H: SmmuHal> Smmu<H> {
         Ok(self.runtime()?.planner)
     }
 
+    /// The stream table in use: its format and the StreamID bits it covers, as chosen at
+    /// bring-up from [`SmmuConfig::strtab_format`] and the ID registers.
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::NotInitialized`] or a lock timeout.
+    pub fn strtab_layout(&self) -> Result<StrtabLayout, SmmuError> {
+        let rt = self.runtime()?;
+        Ok(self.lock(&rt.streams, "stream table")?.table.layout())
+    }
+
     /// Checks the bring-up invariants: `CR0ACK == CR0` with `SMMUEN | EVENTQEN | CMDQEN`,
     /// `GERROR == GERRORN`, `CMDQ_CONS == CMDQ_PROD` (an idle queue) and `STRTAB_BASE != 0`.
     ///
@@ -1420,6 +1431,66 @@ mod tests {
         // Service failure mode is reported as such.
         fake.set(0x60, fake.get(0x60) ^ (1 << 8));
         assert_eq!(smmu.handle_gerror(), Err(SmmuError::ServiceFailure));
+    }
+
+    #[test]
+    fn strtab_layout_reports_the_format_in_use() {
+        for format in [StrtabFormat::Linear, StrtabFormat::TwoLevel] {
+            let fake = FakeSmmu::qemu();
+            let smmu = up(
+                &fake,
+                &SmmuConfig {
+                    strtab_format: Some(format),
+                    sid_bits: Some(12),
+                    ..SmmuConfig::default()
+                },
+            );
+            let layout = smmu.strtab_layout().unwrap();
+            assert_eq!((layout.format, layout.sid_bits), (format, 12));
+            assert_eq!(fake.get(0x88), layout.base_cfg_value());
+        }
+        let fake = FakeSmmu::qemu();
+        let smmu = Smmu::probe(fake.clone()).unwrap();
+        assert_eq!(smmu.strtab_layout(), Err(SmmuError::NotInitialized));
+    }
+
+    /// The raw test hook reaches the queue unchanged: a reserved opcode in the middle of a batch
+    /// is rejected, reported with its index, and the commands around it run.
+    #[test]
+    fn raw_reserved_opcode_is_rejected_and_reported() {
+        let fake = FakeSmmu::qemu();
+        let smmu = up(&fake, &SmmuConfig::default());
+        let before = smmu.stats();
+        let mark = fake.log().len();
+        let err = smmu
+            .submit(&[
+                Command::TlbiNhAsid { asid: 1 },
+                Command::Raw([0x7F, 0]),
+                Command::TlbiNhAsid { asid: 2 },
+            ])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SmmuError::Cmdq(CmdqError::Rejected {
+                    index: 1,
+                    opcode: 0x7F,
+                    batch_len: 3,
+                    further_rejections: 0,
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("commands 0..1 completed"), "{err}");
+        assert_eq!(
+            commands_since(&fake, mark),
+            [(0x11, 1), (0x46, 0), (0x11, 2), (0x46, 0)]
+        );
+        let d = smmu.stats().delta(&before);
+        assert_eq!((d.raw, d.commands_rejected, d.commands), (1, 1, 4));
+        assert_eq!(smmu.check_invariants(), Ok(()));
+        smmu.submit(&[Command::TlbiNhAsid { asid: 3 }]).unwrap();
     }
 
     fn poisoned_batch() -> [Command; 3] {

@@ -76,6 +76,8 @@ counters! {
     prefetch,
     /// `CMD_SYNC` commands.
     sync,
+    /// [`Command::Raw`](crate::Command::Raw) test-hook commands.
+    raw,
     /// Commands of any kind (including syncs).
     commands,
     /// Batches submitted (each ends with exactly one `CMD_SYNC`).
@@ -110,6 +112,7 @@ impl Counters {
             CommandKind::TlbiNhAsid => &self.tlbi_nh_asid,
             CommandKind::TlbiAll => &self.tlbi_all,
             CommandKind::Sync => &self.sync,
+            CommandKind::Raw => &self.raw,
         };
         counter.fetch_add(1, Relaxed);
         self.commands.fetch_add(1, Relaxed);
