@@ -1289,7 +1289,7 @@ mod tests {
                 start: 0x20_0000,
                 pages: 512,
             },
-            |d| d.tlbi_nh_va_range == 1 && d.commands == 2,
+            |d| d.tlbi_nh_asid == 1 && d.tlbi_nh_va_range == 0 && d.commands == 2,
         );
         check(
             FlushKind::Range {

@@ -18,8 +18,16 @@
 //!   `CMDQ_MAX_TLBI_OPS` = 2^(page shift − 3) = 512 pages at 4 KiB, i.e. 2 MiB).
 //! - **With RIL**: range commands. While pages remain, `SCALE` = index of the lowest set bit of
 //!   the remaining count and `NUM = ((remaining >> SCALE) & 31) − 1`; each command covers
-//!   `(NUM + 1) << SCALE` pages. A 2 MiB range is one command (`NUM = 0, SCALE = 9`); 511
-//!   pages are two. Ranges of at least `ril_asid_threshold_pages` use `CMD_TLBI_NH_ASID`.
+//!   `(NUM + 1) << SCALE` pages; 511 pages are two. Ranges of at least
+//!   `ril_asid_threshold_pages` — by default the same 512 pages at 4 KiB — use one
+//!   `CMD_TLBI_NH_ASID`.
+//! - **The threshold applies with and without RIL.** The project's rule is one
+//!   `CMD_TLBI_NH_ASID` at and above the threshold, whatever the SMMU supports. Linux 6.6's SVA
+//!   notifier applies `CMDQ_MAX_TLBI_OPS` only without RIL; with RIL it goes ASID-wide only
+//!   for the `ULONG_MAX` range of `flush_tlb_mm`. Without the common threshold, a 2 MiB change
+//!   (a block split or merge, or a large `protect`) would become range commands on QEMU, which
+//!   has RIL, while the CPU side of the same flush may already be ASID-wide. The RIL loop is
+//!   still valid for any size when the threshold is raised (`ril_asid_threshold_pages`).
 //! - **`Page`**, and a one-page `Range`, always use the single-address form (`TG = 0`), with or
 //!   without RIL: it also removes a block entry that contains the address.
 //! - **`All`**: one `CMD_TLBI_NH_ASID` (or `CMD_TLBI_NH_ALL` when the address space may hold
@@ -129,7 +137,8 @@ pub struct PlannerConfig {
     pub ril: bool,
     /// Without RIL: ranges of at least this many pages become one `CMD_TLBI_NH_ASID`.
     pub asid_threshold_pages: u64,
-    /// With RIL: ranges of at least this many pages become one `CMD_TLBI_NH_ASID`.
+    /// With RIL: ranges of at least this many pages become one `CMD_TLBI_NH_ASID` (by default
+    /// the same threshold as without RIL).
     pub ril_asid_threshold_pages: u64,
     /// Input VA bits of the address spaces (ranges must end at or below 2^va_bits).
     pub va_bits: u8,
@@ -139,13 +148,15 @@ pub struct PlannerConfig {
 }
 
 impl PlannerConfig {
-    /// Linux's thresholds for `granule`, RIL as the SMMU reports, 48-bit VAs, no global entries.
+    /// Linux's `CMDQ_MAX_TLBI_OPS` threshold for `granule` (2^(page shift − 3) pages: 512 at
+    /// 4 KiB), with or without RIL; RIL as the SMMU reports, 48-bit VAs, no global entries.
     pub fn new(granule: Granule, features: &Features) -> Self {
+        let threshold = 1 << (granule.shift() - 3);
         Self {
             granule,
             ril: features.ril,
-            asid_threshold_pages: 1 << (granule.shift() - 3),
-            ril_asid_threshold_pages: 1 << 21,
+            asid_threshold_pages: threshold,
+            ril_asid_threshold_pages: threshold,
             va_bits: 48,
             global_entries: false,
         }
@@ -486,9 +497,9 @@ mod tests {
         (65, 65, 2),   // bumped to 66: 2 pages + 64 pages
         (100, 100, 1), // 25 << 2
         (511, 511, 2), // Linux yardstick: 31 pages + 480 pages
-        (512, 1, 1),   // no RIL: NH_ASID; RIL: NUM = 0, SCALE = 9
-        (513, 1, 2),   // bumped to 514
-        (1000, 1, 2),  // 29 << 3, then 3 << 8
+        (512, 1, 1),   // NH_ASID with or without RIL
+        (513, 1, 1),
+        (1000, 1, 1),
     ];
 
     #[test]
@@ -517,12 +528,12 @@ mod tests {
                     assert_covers(&o, start >> 12, pages, extra);
                     if pages == 1 {
                         assert!(is_single(&o.commands[0]), "a single page uses TG = 0");
-                    } else if !ril && pages < 512 {
-                        assert_eq!(count(&o, is_single), pages as usize);
+                    } else if pages >= 512 {
+                        assert_eq!(count(&o, is_asid), 1);
                     } else if ril {
                         assert_eq!(count(&o, is_range), want);
                     } else {
-                        assert_eq!(count(&o, is_asid), 1);
+                        assert_eq!(count(&o, is_single), pages as usize);
                     }
                 }
             }
@@ -538,14 +549,23 @@ mod tests {
             assert!(is_single(&o.commands[0]));
             assert_covers(&o, 0x40001, 1, 0);
         }
-        // (b) 2 MiB: NH_ASID without RIL, one range command (NUM = 0, SCALE = 9) with it.
+        // (b) 2 MiB: NH_ASID, with or without RIL (the threshold is common).
         let block = FlushKind::Range {
             start: 0x20_0000,
             pages: 512,
         };
-        let o = run(&config(Granule::Size4K, false), block);
-        assert_eq!(o.commands, [Command::TlbiNhAsid { asid: ASID }]);
-        let o = run(&config(Granule::Size4K, true), block);
+        for ril in [false, true] {
+            let o = run(&config(Granule::Size4K, ril), block);
+            assert_eq!(
+                o.commands,
+                [Command::TlbiNhAsid { asid: ASID }],
+                "RIL {ril}"
+            );
+        }
+        // With the RIL threshold raised, 2 MiB is one range command (NUM = 0, SCALE = 9).
+        let mut raised = config(Granule::Size4K, true);
+        raised.ril_asid_threshold_pages = 1 << 21;
+        let o = run(&raised, block);
         let [
             Command::TlbiNhVa {
                 addr: 0x20_0000,
@@ -704,7 +724,7 @@ mod tests {
                     let o = run(&cfg, FlushKind::Range { start, pages });
                     let extra = u64::from(ril && pages > 1 && pages % 32 == 1);
                     assert_covers(&o, 7, pages, extra);
-                    if !ril && pages >= threshold {
+                    if pages >= threshold {
                         assert_eq!(o.commands, [Command::TlbiNhAsid { asid: ASID }]);
                     }
                 }
