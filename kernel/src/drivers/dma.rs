@@ -48,7 +48,8 @@ impl fmt::Display for DmaFaultKind {
 pub struct DmaFault {
     /// The kind of the first event.
     pub kind: DmaFaultKind,
-    /// The input address (IOVA) of the first event.
+    /// The input address (IOVA) of the first event (the transfer's first IOVA when that event
+    /// is a configuration error, which carries no address).
     pub iova: u64,
     /// Whether the faulting access was a write to memory (the device writing), per the event.
     pub write: bool,
@@ -100,7 +101,9 @@ pub struct FaultWatch(pub u64);
 ///   `end_transfer` runs; the implementation drains the queue there (it must not wait for an
 ///   event interrupt the transfer may never produce).
 /// - `end_transfer` returns the events for `window.stream_id` whose input address lies in
-///   `[window.iova, window.iova + window.len)`, folded into one [`DmaFault`], or `None`.
+///   `[window.iova, window.iova + window.len)` — plus that StreamID's configuration errors
+///   (bad STE or CD), which name no address but fail the transfer all the same — folded into
+///   one [`DmaFault`], or `None`.
 /// - Several devices may have transfers in flight at once; the token tells them apart.
 pub trait DmaFaultSource: Send + Sync {
     /// Start collecting faults for `window`.

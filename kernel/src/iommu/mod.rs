@@ -403,14 +403,20 @@ impl Iommu {
 
     fn route(&self, ev: Event) {
         let mut router = self.router.lock();
-        if let Some(addr) = ev.input_addr
-            && let Some(w) = router.watches.iter_mut().find(|w| {
-                w.window.stream_id == ev.stream_id
-                    && addr >= w.window.iova
-                    && addr - w.window.iova < w.window.len
-            })
-        {
-            let write = ev.access.is_some_and(|a| !a.read);
+        let addressed = carries_transaction_address(ev.kind);
+        if let Some(w) = router.watches.iter_mut().find(|w| {
+            w.window.stream_id == ev.stream_id
+                && (!addressed
+                    || ev.input_addr.is_some_and(|addr| {
+                        addr >= w.window.iova && addr - w.window.iova < w.window.len
+                    }))
+        }) {
+            // A configuration error names no address: report the transfer's start.
+            let addr = match ev.input_addr {
+                Some(addr) if addressed => addr,
+                _ => w.window.iova,
+            };
+            let write = ev.access.map_or(w.window.device_writes, |a| !a.read);
             w.first.get_or_insert((ev.kind, addr, write));
             w.count += 1;
             return;
@@ -453,6 +459,28 @@ impl Iommu {
             Err(e) => log::error!("device fault {fault}: handler failed: {e}"),
         }
     }
+}
+
+/// Whether a record of this type carries the address of the transaction that caused it
+/// (IHI 0070 G.b §7.3), so it can be matched to a transfer's IOVA window. Configuration and
+/// structure-fetch errors (`C_BAD_STE`, `C_BAD_CD`, `F_STE_FETCH`, `F_CD_FETCH`, ...) concern
+/// the stream, not an address — QEMU even puts the CD's address in `F_CD_FETCH`'s InputAddr —
+/// yet they are raised by, and fail, the accesses of whatever transfer the StreamID has in
+/// flight (QEMU: one record per 4-byte access, as for translation faults).
+fn carries_transaction_address(kind: EventType) -> bool {
+    matches!(
+        kind,
+        EventType::Uut
+            | EventType::BadAtsTreq
+            | EventType::TranslForbidden
+            | EventType::WalkEabt
+            | EventType::Translation
+            | EventType::AddrSize
+            | EventType::Access
+            | EventType::Permission
+            | EventType::TlbConflict
+            | EventType::PageRequest
+    )
 }
 
 fn dma_fault_kind(kind: EventType) -> DmaFaultKind {
