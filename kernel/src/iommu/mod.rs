@@ -6,7 +6,11 @@
 //! → CPU TLBI → each registered secondary TLB, here [`SmmuTlb::invalidate`] → the `smmu`
 //! crate's planner → one command batch + `CMD_SYNC` → wait → return.
 
+#[cfg(target_os = "none")]
+mod dma_tests;
 pub mod hal;
+#[cfg(target_os = "none")]
+mod ktests;
 
 use crate::{
     bootargs::BootArgs,
