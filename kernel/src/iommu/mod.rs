@@ -399,6 +399,9 @@ impl Iommu {
     /// queue abort is acknowledged there).
     pub fn service_gerror(&self) {
         match masked(|| self.smmu.handle_gerror()) {
+            // The submitter that hit a command error usually recovers it synchronously before
+            // this interrupt is taken; then nothing is active any more.
+            Ok(report) if report.active.is_empty() => {}
             Ok(report) => log::warn!("SMMU global error: {report:?}"),
             Err(e) => log::error!("SMMU global error handling failed: {e}"),
         }
