@@ -1,8 +1,9 @@
 //! Parser for the on-target runner's console output: text in, structure out.
 //!
 //! The contract (kernel/src/ktest.rs): per test, the failure reasons (indented lines) first if
-//! it failed, then exactly one line `test <module::name> ... ok` or `test <module::name> ...
-//! FAILED`; at the end `N passed, N failed`. Fatal reports: a line starting `BOOT ERROR:`,
+//! it failed, then exactly one line `test <module::name> ... ok`, `test <module::name> ...
+//! FAILED` or `test <module::name> ... skipped (<what it needs>)`; at the end `N passed, N
+//! failed`, followed by `, N skipped` when tests were skipped. Fatal reports: a line starting `BOOT ERROR:`,
 //! `*** PANIC on CPU n: ...` (followed, inside a test, by that test's `FAILED` line) and
 //! `*** UNEXPECTED EXCEPTION on CPU n: ...` followed by indented register lines. Everything
 //! else (boot banner, log lines) is ignored.
@@ -10,25 +11,70 @@
 /// Most continuation lines kept for one panic or exception report.
 const MAX_REPORT_LINES: usize = 64;
 
-/// One `test NAME ... ok|FAILED` line, with the reasons printed before it.
+/// The result a test line reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// `ok`.
+    Ok,
+    /// `FAILED`.
+    Failed,
+    /// `skipped (<what it needs>)`: not run, e.g. for lack of hardware. Not a failure.
+    Skipped(String),
+}
+
+/// One `test NAME ... ok|FAILED|skipped` line, with the reasons printed before it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TestOutcome {
     /// `module::name` as printed.
     pub name: String,
-    /// `ok` (true) or `FAILED` (false).
-    pub passed: bool,
+    /// What the line says.
+    pub status: Status,
     /// For a failed test: the indented lines printed before its result line, then the panic
-    /// message if it panicked. Empty for a passed test.
+    /// message if it panicked. Empty for other tests.
     pub reasons: Vec<String>,
 }
 
-/// The counts of an `N passed, N failed` line.
+impl TestOutcome {
+    /// Whether the test passed.
+    pub fn passed(&self) -> bool {
+        self.status == Status::Ok
+    }
+
+    /// Whether the test failed.
+    pub fn failed(&self) -> bool {
+        self.status == Status::Failed
+    }
+}
+
+/// The counts of an `N passed, N failed[, N skipped]` line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Tests that passed.
     pub passed: usize,
     /// Tests that failed.
     pub failed: usize,
+    /// Tests that were skipped.
+    pub skipped: usize,
+}
+
+impl Counts {
+    /// Add `other` to these counts.
+    pub fn add(&mut self, other: Counts) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+    }
+}
+
+impl std::fmt::Display for Counts {
+    /// `N passed, N failed`, plus `, N skipped` when there are any (the kernel's format).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} passed, {} failed", self.passed, self.failed)?;
+        if self.skipped > 0 {
+            write!(f, ", {} skipped", self.skipped)?;
+        }
+        Ok(())
+    }
 }
 
 /// A fatal report from the kernel.
@@ -71,17 +117,26 @@ pub struct Transcript {
 impl Transcript {
     /// The counts of the parsed result lines.
     pub fn counts(&self) -> Counts {
-        let passed = self.tests.iter().filter(|t| t.passed).count();
-        Counts {
-            passed,
-            failed: self.tests.len() - passed,
-        }
+        count(&self.tests)
     }
 
     /// The tests that failed.
     pub fn failed_tests(&self) -> impl Iterator<Item = &TestOutcome> {
-        self.tests.iter().filter(|t| !t.passed)
+        self.tests.iter().filter(|t| t.failed())
     }
+}
+
+/// The counts of a list of results.
+pub fn count(tests: &[TestOutcome]) -> Counts {
+    let mut c = Counts::default();
+    for t in tests {
+        match t.status {
+            Status::Ok => c.passed += 1,
+            Status::Failed => c.failed += 1,
+            Status::Skipped(_) => c.skipped += 1,
+        }
+    }
+    c
 }
 
 /// Parse a console transcript.
@@ -99,10 +154,10 @@ pub fn parse(text: &str) -> Transcript {
         let line = raw.trim_end_matches('\r');
         let trimmed = line.trim();
 
-        if let Some((name, passed)) = parse_result(line) {
+        if let Some((name, status)) = parse_result(line) {
             open_report = None;
             let mut reasons = std::mem::take(&mut pending_reasons);
-            if passed {
+            if status != Status::Failed {
                 reasons.clear();
             } else {
                 for &i in &panics_since_result {
@@ -115,7 +170,7 @@ pub fn parse(text: &str) -> Transcript {
             panics_since_result.clear();
             out.tests.push(TestOutcome {
                 name: name.to_string(),
-                passed,
+                status,
                 reasons,
             });
         } else if let Some(counts) = parse_summary(trimmed) {
@@ -172,22 +227,35 @@ pub fn first_result_offset(text: &str) -> Option<usize> {
     None
 }
 
-/// `test NAME ... ok` or `test NAME ... FAILED` (NAME without spaces).
-fn parse_result(line: &str) -> Option<(&str, bool)> {
+/// `test NAME ... ok`, `test NAME ... FAILED` or `test NAME ... skipped[ (what)]` (NAME
+/// without spaces).
+fn parse_result(line: &str) -> Option<(&str, Status)> {
     let rest = line.strip_prefix("test ")?;
-    let (name, passed) = if let Some(name) = rest.strip_suffix(" ... ok") {
-        (name, true)
+    let (name, status) = if let Some(name) = rest.strip_suffix(" ... ok") {
+        (name, Status::Ok)
+    } else if let Some(name) = rest.strip_suffix(" ... FAILED") {
+        (name, Status::Failed)
     } else {
-        (rest.strip_suffix(" ... FAILED")?, false)
+        let (name, what) = rest.split_once(" ... skipped")?;
+        let what = what.trim();
+        let what = match what.strip_prefix('(').and_then(|w| w.strip_suffix(')')) {
+            Some(inner) => inner,
+            None if what.is_empty() => "",
+            None => return None,
+        };
+        (name, Status::Skipped(what.to_string()))
     };
     let valid = !name.is_empty() && !name.contains(char::is_whitespace);
-    valid.then_some((name, passed))
+    valid.then_some((name, status))
 }
 
-/// `N passed, N failed`.
+/// `N passed, N failed` or `N passed, N failed, N skipped`.
 fn parse_summary(line: &str) -> Option<Counts> {
-    let (passed, failed) = line.split_once(" passed, ")?;
-    let failed = failed.strip_suffix(" failed")?;
+    let (passed, rest) = line.split_once(" passed, ")?;
+    let (failed, skipped) = match rest.split_once(" failed, ") {
+        Some((failed, skipped)) => (failed, Some(skipped.strip_suffix(" skipped")?)),
+        None => (rest.strip_suffix(" failed")?, None),
+    };
     let number = |s: &str| {
         (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
             .then(|| s.parse().ok())
@@ -196,6 +264,10 @@ fn parse_summary(line: &str) -> Option<Counts> {
     Some(Counts {
         passed: number(passed)?,
         failed: number(failed)?,
+        skipped: match skipped {
+            Some(s) => number(s)?,
+            None => 0,
+        },
     })
 }
 
@@ -226,7 +298,7 @@ mod tests {
     fn outcome(name: &str, passed: bool, reasons: &[&str]) -> TestOutcome {
         TestOutcome {
             name: name.into(),
-            passed,
+            status: if passed { Status::Ok } else { Status::Failed },
             reasons: reasons.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -254,7 +326,8 @@ mod tests {
             t.summary,
             Some(Counts {
                 passed: 2,
-                failed: 0
+                failed: 0,
+                skipped: 0,
             })
         );
         assert!(t.fatal.is_empty());
@@ -288,6 +361,34 @@ mod tests {
             ]
         );
         assert_eq!(t.failed_tests().count(), 1);
+    }
+
+    #[test]
+    fn skipped_tests_are_neither_passed_nor_failed() {
+        let t = parse(
+            "    stray\n\
+             test a::s ... skipped (two edu devices)\n\
+             test a::ok ... ok\n\
+             1 passed, 0 failed, 1 skipped\n",
+        );
+        assert_eq!(
+            t.tests[0],
+            TestOutcome {
+                name: "a::s".into(),
+                status: Status::Skipped("two edu devices".into()),
+                reasons: vec![]
+            }
+        );
+        assert_eq!(
+            t.counts(),
+            Counts {
+                passed: 1,
+                failed: 0,
+                skipped: 1
+            }
+        );
+        assert_eq!(t.summary, Some(t.counts()));
+        assert_eq!(t.counts().to_string(), "1 passed, 0 failed, 1 skipped");
     }
 
     #[test]
@@ -378,25 +479,47 @@ mod tests {
         );
         assert_eq!(parse_summary("x passed, 1 failed"), None);
         assert_eq!(parse_summary("3 passed, 1 failed, 2 ignored"), None);
+        assert_eq!(
+            parse_summary("53 passed, 0 failed, 4 skipped"),
+            Some(Counts {
+                passed: 53,
+                failed: 0,
+                skipped: 4
+            })
+        );
+        assert_eq!(parse_summary("53 passed, 0 failed, x skipped"), None);
         assert_eq!(parse_summary("passed, failed"), None);
         let t = parse("1 passed, 0 failed\n4 passed, 2 failed\n");
         assert_eq!(
             t.summary,
             Some(Counts {
                 passed: 4,
-                failed: 2
+                failed: 2,
+                skipped: 0,
             })
         );
     }
 
     #[test]
     fn result_lines_must_be_exact() {
-        assert_eq!(parse_result("test a::b ... ok"), Some(("a::b", true)));
-        assert_eq!(parse_result("test a::b ... FAILED"), Some(("a::b", false)));
+        assert_eq!(parse_result("test a::b ... ok"), Some(("a::b", Status::Ok)));
+        assert_eq!(
+            parse_result("test a::b ... FAILED"),
+            Some(("a::b", Status::Failed))
+        );
         assert_eq!(parse_result("  test a::b ... ok"), None);
         assert_eq!(parse_result("test a b ... ok"), None);
         assert_eq!(parse_result("test  ... ok"), None);
         assert_eq!(parse_result("test a::b ... ignored"), None);
+        assert_eq!(
+            parse_result("test a::b ... skipped (two edu devices)"),
+            Some(("a::b", Status::Skipped("two edu devices".into())))
+        );
+        assert_eq!(
+            parse_result("test a::b ... skipped"),
+            Some(("a::b", Status::Skipped(String::new())))
+        );
+        assert_eq!(parse_result("test a::b ... skipped because"), None);
         assert_eq!(parse_result("test a::b ... ok trailing"), None);
     }
 

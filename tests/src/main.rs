@@ -5,6 +5,7 @@
 
 use harness::{
     Error, build,
+    console::Counts,
     suites::{self, Options, Suite},
 };
 use std::{process::ExitCode, time::Duration};
@@ -87,6 +88,15 @@ fn suite(name: &str) -> Result<&'static Suite, Error> {
     })
 }
 
+/// The final line, `N passed, N failed` (what scripts/test adds up), with skipped tests on the
+/// line before it.
+fn print_total(total: Counts) {
+    if total.skipped > 0 {
+        println!("({} skipped)", total.skipped);
+    }
+    println!("{} passed, {} failed", total.passed, total.failed);
+}
+
 /// Run the command; Ok(true) when everything passed.
 fn run(args: &[String]) -> Result<bool, Error> {
     let Some((command, rest)) = args.split_first() else {
@@ -124,7 +134,7 @@ fn run(args: &[String]) -> Result<bool, Error> {
             let results = suites::run_suites(&root, &selected, &opts)?;
             let (table, total) = suites::report(&results);
             print!("\n{table}");
-            println!("{} passed, {} failed", total.passed, total.failed);
+            print_total(total);
             Ok(results.iter().all(|r| r.verdict.passed()))
         }
         "ktest" => {
@@ -144,8 +154,7 @@ fn run(args: &[String]) -> Result<bool, Error> {
             let features: Vec<&str> = opts.features.iter().map(String::as_str).collect();
             let kernel = build::build_kernel(&root, &features)?;
             let result = suites::run_suite(&root, &kernel, suite, &args.bootargs, &[], &opts)?;
-            let total = result.verdict.counts();
-            println!("{} passed, {} failed", total.passed, total.failed);
+            print_total(result.verdict.counts());
             Ok(result.verdict.passed())
         }
         other => Err(Error::Usage(format!("unknown command {other}"))),

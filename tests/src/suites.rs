@@ -211,11 +211,9 @@ pub fn per_suite_path(path: &Path, suite: &str) -> PathBuf {
 pub fn suite_footer(r: &SuiteResult) -> String {
     let c = r.verdict.counts();
     let mut s = format!(
-        "<== suite {}: {}, {} passed, {} failed ({:.2} s",
+        "<== suite {}: {}, {c} ({:.2} s",
         r.suite,
         if r.verdict.passed() { "ok" } else { "FAILED" },
-        c.passed,
-        c.failed,
         r.elapsed.as_secs_f64()
     );
     if let Some(first) = r.first_result {
@@ -240,15 +238,15 @@ pub fn report(results: &[SuiteResult]) -> (String, Counts) {
     let width = results.iter().map(|r| r.suite.len()).max().unwrap_or(0);
     for r in results {
         let c = r.verdict.counts();
-        total.passed += c.passed;
-        total.failed += c.failed;
+        total.add(c);
         let _ = writeln!(
             s,
-            "  {:width$}  {:6}  {:4} passed, {:3} failed  {:6.1} s  ({})",
+            "  {:width$}  {:6}  {:4} passed, {:3} failed, {:3} skipped  {:6.1} s  ({})",
             r.suite,
             if r.verdict.passed() { "ok" } else { "FAILED" },
             c.passed,
             c.failed,
+            c.skipped,
             r.elapsed.as_secs_f64(),
             r.verdict.end,
         );
@@ -358,7 +356,8 @@ mod tests {
             total,
             Counts {
                 passed: 2,
-                failed: 2
+                failed: 2,
+                skipped: 0,
             }
         );
         assert!(text.contains("  two: a::y\n"), "{text}");

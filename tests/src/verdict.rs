@@ -4,7 +4,7 @@
 //! missing or inconsistent summary, an exit status that does not match the console, or any
 //! `FAILED` test.
 
-use crate::console::{Counts, Fatal, TestOutcome, Transcript};
+use crate::console::{self, Counts, Fatal, TestOutcome, Transcript};
 use std::{fmt, time::Duration};
 
 /// Exit statuses of the kernel (kernel/src/exit.rs), as QEMU passes them on.
@@ -161,8 +161,7 @@ impl fmt::Display for Failure {
             Self::MissingSummary => write!(f, "no `N passed, N failed` summary line"),
             Self::SummaryMismatch { summary, parsed } => write!(
                 f,
-                "summary says {} passed, {} failed but the result lines say {} passed, {} failed",
-                summary.passed, summary.failed, parsed.passed, parsed.failed
+                "summary says {summary} but the result lines say {parsed}"
             ),
             Self::UnexpectedStatus { actual, expected } => write!(
                 f,
@@ -197,20 +196,16 @@ impl Verdict {
 
     /// The tests that failed.
     pub fn failed_tests(&self) -> impl Iterator<Item = &TestOutcome> {
-        self.tests.iter().filter(|t| !t.passed)
+        self.tests.iter().filter(|t| t.failed())
     }
 
     /// Counts for the totals: the passed and failed result lines, plus one failure for a run
     /// that failed without any `FAILED` line (a boot error, a timeout, ...), so that a broken
     /// run can never add up to "0 failed".
     pub fn counts(&self) -> Counts {
-        let passed = self.tests.iter().filter(|t| t.passed).count();
-        let failed = self.tests.len() - passed;
-        let unattributed = usize::from(!self.passed() && failed == 0);
-        Counts {
-            passed,
-            failed: failed + unattributed,
-        }
+        let mut c = console::count(&self.tests);
+        c.failed += usize::from(!self.passed() && c.failed == 0);
+        c
     }
 }
 
@@ -314,7 +309,8 @@ mod tests {
             v.counts(),
             Counts {
                 passed: 2,
-                failed: 0
+                failed: 0,
+                skipped: 0,
             }
         );
     }
@@ -336,7 +332,8 @@ mod tests {
             v.counts(),
             Counts {
                 passed: 1,
-                failed: 1
+                failed: 1,
+                skipped: 0,
             }
         );
         let text = v.to_string();
@@ -398,7 +395,8 @@ mod tests {
             v.counts(),
             Counts {
                 passed: 1,
-                failed: 2
+                failed: 2,
+                skipped: 0,
             }
         );
     }
@@ -434,11 +432,13 @@ mod tests {
             vec![Failure::SummaryMismatch {
                 summary: Counts {
                     passed: 2,
-                    failed: 0
+                    failed: 0,
+                    skipped: 0,
                 },
                 parsed: Counts {
                     passed: 1,
-                    failed: 0
+                    failed: 0,
+                    skipped: 0,
                 }
             }]
         );
@@ -464,8 +464,28 @@ mod tests {
             v.counts(),
             Counts {
                 passed: 0,
-                failed: 1
+                failed: 1,
+                skipped: 0,
             }
+        );
+    }
+
+    #[test]
+    fn skipped_tests_do_not_fail_the_run() {
+        let v = verdict(
+            "test a::x ... ok\ntest a::y ... skipped (two edu devices)\n1 passed, 0 failed, 1 skipped\n",
+            RunEnd::Exited(0),
+        );
+        assert!(v.passed(), "{v}");
+        assert_eq!(v.counts().to_string(), "1 passed, 0 failed, 1 skipped");
+        // The summary must agree on skipped tests too.
+        let v = verdict(
+            "test a::y ... skipped (x)\n0 passed, 0 failed\n",
+            RunEnd::Exited(0),
+        );
+        assert!(
+            matches!(v.failures[..], [Failure::SummaryMismatch { .. }]),
+            "{v}"
         );
     }
 
