@@ -72,7 +72,14 @@ mod target {
     impl Drop for Entered {
         fn drop(&mut self) {
             let was = cpu::irq_save();
-            let env = env();
+            // The environment of the space being left, not the machine's: its ASID allocator
+            // is the one that recorded this CPU as running it (a space built in another
+            // environment, e.g. a test's small allocator, would otherwise stay "active" there
+            // and could never be released).
+            let env = CURRENT[self.cpu]
+                .lock()
+                .as_ref()
+                .map_or_else(env, |space| space.env().clone());
             // SAFETY: on the CPU that entered (the guard is not Send), switching to the empty
             // table the kernel map built; the address space is released only afterwards.
             unsafe { AddressSpace::switch_to_empty(&env, self.cpu, kernel_map::empty_ttbr0()) }
