@@ -19,6 +19,8 @@ use spin::Mutex;
 const PSCI_CPU_ON_64: u32 = 0xC400_0003;
 /// Each secondary CPU's stack.
 const STACK_SIZE: u64 = 64 * 1024;
+/// Longest single sleep of [`JobHandle::join`] between checks of the result.
+const JOIN_POLL_NS: u64 = 100_000;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -173,15 +175,17 @@ extern "C" fn secondary_main(index: u64) -> ! {
 
 fn idle_loop(index: usize) -> ! {
     loop {
-        let job = {
-            let was = cpu::irq_save();
-            let j = CPUS[index].jobs.lock().pop_front();
-            cpu::irq_restore(was);
-            j
-        };
-        match job {
-            Some(job) => job(),
-            None => cpu::wait_for_interrupt(),
+        // Check the queue and sleep with IRQs masked: a wake-up SGI sent after the check stays
+        // pending and ends the WFI (which wakes on a pending interrupt even while masked),
+        // instead of being taken between the check and the WFI and lost.
+        let was = cpu::irq_save();
+        let job = CPUS[index].jobs.lock().pop_front();
+        if job.is_none() {
+            cpu::wait_for_interrupt();
+        }
+        cpu::irq_restore(was);
+        if let Some(job) = job {
+            job();
         }
     }
 }
@@ -201,6 +205,13 @@ pub struct JobHandle<R> {
 
 impl<R> JobHandle<R> {
     /// Wait up to `timeout_ms` for the job's result.
+    ///
+    /// The caller sleeps in WFI rather than spinning: under QEMU's `-icount` every vCPU runs on
+    /// one host thread, and a CPU spinning on the result starves the CPU that should produce
+    /// it (observed: a trivial job never ran within 5 s of virtual time). The job wakes the
+    /// caller with an SGI when it is done, and the timer bounds each sleep. IRQs are masked
+    /// from the check to the WFI, so neither wake-up can be taken (and lost) just before the
+    /// WFI; they are handled when the mask is restored.
     pub fn join(self, timeout_ms: u64) -> Result<R, SmpError> {
         let deadline = Deadline::after_ms(timeout_ms);
         loop {
@@ -210,7 +221,9 @@ impl<R> JobHandle<R> {
             if deadline.expired() {
                 return Err(SmpError::JobTimeout(self.cpu));
             }
-            cpu::relax();
+            let was = cpu::irq_save();
+            timer::wait_until(JOIN_POLL_NS, || self.result.lock().is_some());
+            cpu::irq_restore(was);
         }
     }
 }
@@ -226,10 +239,13 @@ pub fn run_on<R: Send + 'static>(
     }
     let result = Arc::new(Mutex::new(None));
     let slot = result.clone();
+    let (caller_mpidr, caller) = (cpu::mpidr_affinity(), cpu::index());
     let was = cpu::irq_save();
     target.jobs.lock().push_back(Box::new(move || {
         let r = f();
         *slot.lock() = Some(r);
+        // The caller may be asleep in `join`.
+        gic::send_wake(caller_mpidr, caller);
     }));
     cpu::irq_restore(was);
     gic::send_wake(target.mpidr.load(Ordering::Relaxed), index);
