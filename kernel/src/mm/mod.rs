@@ -9,6 +9,8 @@ pub mod flush;
 pub mod frame;
 pub mod heap;
 pub mod kernel_map;
+#[cfg(target_os = "none")]
+mod ktests;
 pub mod notifier;
 pub mod pgtable;
 
