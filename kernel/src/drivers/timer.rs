@@ -50,15 +50,23 @@ pub fn wait_until(timeout_ns: u64, mut done: impl FnMut() -> bool) -> bool {
     let ticks = ((timeout_ns as u128 * freq as u128) / 1_000_000_000) as u64;
     let deadline = cpu::counter().saturating_add(ticks);
     loop {
+        // Check, arm and sleep with IRQs masked: an interrupt taken between the check and the
+        // WFI would otherwise be consumed (and the timer disarmed by its handler) before the
+        // CPU sleeps, leaving it asleep with nothing to wake it. WFI wakes on a pending
+        // interrupt even while masked; unmasking afterwards lets its handler run.
+        let was = cpu::irq_save();
         if done() {
             disarm();
+            cpu::irq_restore(was);
             return true;
         }
         if cpu::counter() >= deadline {
             disarm();
+            cpu::irq_restore(was);
             return done();
         }
         arm_at(deadline);
         cpu::wait_for_interrupt();
+        cpu::irq_restore(was);
     }
 }
