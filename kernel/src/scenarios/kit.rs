@@ -11,7 +11,7 @@ use crate::{
         edu::{self, DmaError, EduDevice},
     },
     iommu::{self, Attachment},
-    ktest::{TestFailure, require},
+    ktest::{TestFailure, TestResult, require},
     mm::{
         PhysAddr, VirtAddr,
         address_space::AddressSpace,
@@ -22,7 +22,10 @@ use crate::{
 };
 use alloc::{format, string::String, sync::Arc, vec::Vec};
 use core::fmt;
-use smmu::CounterSnapshot;
+use smmu::{
+    CounterSnapshot,
+    planner::{FlushKind, FlushPlan},
+};
 
 /// Where scenarios put the pages under test (a lower-half VA the CPU and the device share).
 pub const IOVA_BASE: u64 = 0x0000_0040_0000_0000;
@@ -30,6 +33,9 @@ pub const IOVA_BASE: u64 = 0x0000_0040_0000_0000;
 const SCRATCH_VA: u64 = 0x0000_0030_0000_0000;
 /// How often a faulting device write is retried before the scenario calls it stuck.
 pub const RETRY_CAP: u32 = 8;
+/// Where [`Rig::device_probe`] puts what it reads: the upper half of the device's buffer, so a
+/// pattern staged with [`Rig::load_device`] (at offset 0, at most this long) survives probes.
+pub const PROBE_OFFSET: u32 = 2048;
 
 /// A physically contiguous block of frames owned by a scenario.
 pub struct Frames {
@@ -77,6 +83,17 @@ impl Frames {
         unsafe { (0..len).for_each(|i| p.add(i).write_volatile(byte)) };
     }
 
+    /// Copy `data` in at `off` (through the kernel's linear map).
+    pub fn write(&self, off: u64, data: &[u8]) {
+        let p = self.ptr(off, data.len());
+        // SAFETY: as in `fill`.
+        unsafe {
+            data.iter()
+                .enumerate()
+                .for_each(|(i, &b)| p.add(i).write_volatile(b))
+        };
+    }
+
     /// Copy `len` bytes at `off` out.
     pub fn read(&self, off: u64, len: usize) -> Vec<u8> {
         let p = self.ptr(off, len);
@@ -111,6 +128,7 @@ pub struct Rig {
     /// The device.
     pub edu: Arc<EduDevice>,
     scratch: Frames,
+    scratch_va: u64,
     attachment: Option<Attachment>,
 }
 
@@ -138,6 +156,22 @@ impl Rig {
 
     /// Share `space` with edu device number `index`.
     pub fn on(index: usize, space: Arc<AddressSpace>) -> Result<Self, TestFailure> {
+        Self::on_with_scratch(index, space, SCRATCH_VA)
+    }
+
+    /// Share this rig's address space with edu device number `index` too: one more device on
+    /// the same page tables and ASID, with its own staging page (the next page after this
+    /// rig's). Skips when the machine has no such device.
+    pub fn join(&self, index: usize) -> Result<Self, TestFailure> {
+        let scratch_va = self.scratch_va + crate::mm::PAGE_SIZE;
+        Self::on_with_scratch(index, self.space.clone(), scratch_va)
+    }
+
+    fn on_with_scratch(
+        index: usize,
+        space: Arc<AddressSpace>,
+        scratch_va: u64,
+    ) -> Result<Self, TestFailure> {
         let iommu = iommu::get().ok_or("no SMMU: the kernel found no arm,smmu-v3 node")?;
         let devices = edu::devices();
         require(
@@ -150,7 +184,7 @@ impl Rig {
         )?;
         let edu = devices[index].clone();
         let scratch = Frames::page()?;
-        map(&space, SCRATCH_VA, scratch.pa(0), 1, Perms::RW)?;
+        map(&space, scratch_va, scratch.pa(0), 1, Perms::RW)?;
         let attachment = iommu
             .attach(&edu, &space)
             .map_err(|e| format!("attach {}: {e}", edu.bdf()))?;
@@ -158,6 +192,7 @@ impl Rig {
             space,
             edu,
             scratch,
+            scratch_va,
             attachment: Some(attachment),
         })
     }
@@ -191,7 +226,7 @@ impl Rig {
     pub fn load_device(&self, byte: u8, len: u32) -> Result<(), String> {
         self.scratch.fill(0, len as usize, byte);
         self.edu
-            .read_from(SCRATCH_VA, 0, len)
+            .read_from(self.scratch_va, 0, len)
             .map_err(|e| format!("loading the device buffer: {e}"))
     }
 
@@ -199,9 +234,28 @@ impl Rig {
     pub fn device_buffer(&self, len: u32) -> Result<Vec<u8>, String> {
         self.scratch.fill(0, len as usize, 0xEE);
         self.edu
-            .write_to(SCRATCH_VA, 0, len)
+            .write_to(self.scratch_va, 0, len)
             .map_err(|e| format!("reading the device buffer back: {e}"))?;
         Ok(self.scratch.read(0, len as usize))
+    }
+
+    /// Map `pages` pages at `va` to the frames at `pa` with `perms`, as 2 MiB blocks wherever
+    /// VA and PA allow, and flush.
+    pub fn map_blocks(
+        &self,
+        va: u64,
+        pa: PhysAddr,
+        pages: u64,
+        perms: Perms,
+    ) -> Result<(), String> {
+        map_with(&self.space, va, pa, pages, perms, true)
+    }
+
+    /// The device reads 4 bytes at `va` into the upper half of its buffer ([`PROBE_OFFSET`]): the
+    /// SMMU walks and caches the translation of `va`, and a pattern staged at offset 0 with
+    /// [`Rig::load_device`] stays in place.
+    pub fn device_probe(&self, va: u64) -> Result<(), DmaError> {
+        self.edu.read_from(va, PROBE_OFFSET, 4)
     }
 
     /// The device writes `len` bytes at `va`, retried up to [`RETRY_CAP`] times while it faults.
@@ -268,12 +322,146 @@ pub fn map(
     pages: u64,
     perms: Perms,
 ) -> Result<(), String> {
+    map_with(space, va, pa, pages, perms, false)
+}
+
+/// [`map`], with 2 MiB blocks wherever VA and PA allow when `prefer_blocks`.
+pub fn map_with(
+    space: &AddressSpace,
+    va: u64,
+    pa: PhysAddr,
+    pages: u64,
+    perms: Perms,
+    prefer_blocks: bool,
+) -> Result<(), String> {
     let attrs = MapAttrs::new(perms, MemType::Normal, false);
     let t = space
-        .map(range(va, pages)?, pa, attrs, false)
+        .map(range(va, pages)?, pa, attrs, prefer_blocks)
         .map_err(|e| format!("map {va:#x}: {e}"))?;
     space.flush(t).map_err(|e| format!("flush: {e}"))?;
     Ok(())
+}
+
+/// Skip the current test unless the machine has at least `n` edu devices.
+pub fn require_edus(n: usize) -> TestResult {
+    require(
+        edu::devices().len() >= n,
+        if n <= 1 {
+            "an edu device"
+        } else {
+            "two edu devices"
+        },
+    )
+}
+
+/// Skip the current test unless at least `n` CPUs are online.
+pub fn require_cpus(n: usize) -> TestResult {
+    require(
+        crate::smp::online_cpus() >= n,
+        if n <= 2 {
+            "a second CPU online"
+        } else {
+            "more CPUs online"
+        },
+    )
+}
+
+/// Splits a transfer's result into "went through" (`None`), "faulted in the SMMU"
+/// (`Some(fault)`), and any other failure (an error: the check itself could not run).
+pub fn fault_of(result: Result<(), DmaError>, what: &str) -> Result<Option<DmaFault>, String> {
+    match result {
+        Ok(()) => Ok(None),
+        Err(DmaError::Fault { fault, .. }) => Ok(Some(fault)),
+        Err(e) => Err(format!("{what}: {e}")),
+    }
+}
+
+/// The SMMU commands the planner in use makes of one flush of `kind` (in any ASID: the ASID
+/// does not change the plan's shape): a snapshot with the invalidation counters filled in
+/// (`tlbi_nh_va`, `tlbi_nh_va_range`, `tlbi_nh_asid`, `tlbi_all`) and one `sync`, for comparing
+/// with what a flush really issued.
+pub fn planned_commands(kind: FlushKind) -> Result<CounterSnapshot, String> {
+    let iommu = iommu::get().ok_or("no SMMU")?;
+    let config = iommu
+        .smmu()
+        .planner_config()
+        .map_err(|e| format!("planner config: {e}"))?;
+    let plan = FlushPlan::new(&config, 1, kind).map_err(|e| format!("plan {kind:?}: {e}"))?;
+    let mut c = CounterSnapshot {
+        sync: 1,
+        ..CounterSnapshot::default()
+    };
+    for cmd in plan {
+        match cmd {
+            smmu::Command::TlbiNhVa { range: None, .. } => c.tlbi_nh_va += 1,
+            smmu::Command::TlbiNhVa { range: Some(_), .. } => c.tlbi_nh_va_range += 1,
+            smmu::Command::TlbiNhAsid { .. } => c.tlbi_nh_asid += 1,
+            _ => c.tlbi_all += 1,
+        }
+    }
+    Ok(c)
+}
+
+/// Per-page verdicts of a check that covers many pages: a scenario is fresh only if every
+/// checked page is, and a negative control must see every page stale.
+#[derive(Debug, Default, Clone)]
+pub struct PageSweep {
+    /// `(page index, fresh)` per check, in check order.
+    pub pages: Vec<(u64, bool)>,
+    /// Fault events the checking transfers produced.
+    pub events: u32,
+}
+
+impl PageSweep {
+    /// Record the verdict on page `index`, and the fault events its check produced.
+    pub fn record(&mut self, index: u64, fresh: bool, events: u32) {
+        self.pages.push((index, fresh));
+        self.events += events;
+    }
+
+    /// Whether something was checked and every check was fresh.
+    pub fn all_fresh(&self) -> bool {
+        !self.pages.is_empty() && self.pages.iter().all(|&(_, f)| f)
+    }
+
+    /// Whether something was checked and every check was stale.
+    pub fn all_stale(&self) -> bool {
+        !self.pages.is_empty() && self.pages.iter().all(|&(_, f)| !f)
+    }
+
+    /// The verdict of the last check of page `index`, if it was checked.
+    pub fn verdict(&self, index: u64) -> Option<bool> {
+        self.pages
+            .iter()
+            .rev()
+            .find(|&&(i, _)| i == index)
+            .map(|&(_, f)| f)
+    }
+
+    /// "n/m checks fresh", and which pages were stale (the first few).
+    pub fn summary(&self) -> String {
+        let stale: Vec<u64> = self
+            .pages
+            .iter()
+            .filter(|&&(_, f)| !f)
+            .map(|&(i, _)| i)
+            .collect();
+        let fresh = self.pages.len() - stale.len();
+        let mut out = format!("{fresh}/{} page checks fresh", self.pages.len());
+        if !stale.is_empty() {
+            let shown: Vec<String> = stale.iter().take(12).map(|i| format!("{i}")).collect();
+            out += &format!(
+                "; stale pages {}{}",
+                shown.join(", "),
+                if stale.len() > shown.len() {
+                    ", …"
+                } else {
+                    ""
+                }
+            );
+        }
+        out
+    }
 }
 
 /// SMMU commands issued while `f` runs.

@@ -6,8 +6,12 @@
 //! Each scenario is a function of the mode returning an [`kit::Outcome`]; the on-target tests
 //! assert on it and the main job prints it as a table row.
 
+pub mod blocks;
 pub mod kit;
 pub mod permission;
+pub mod ranges;
+pub mod sharing;
+pub mod unmap_remap;
 
 use crate::mm::notifier::SecondaryTlbMode;
 use alloc::string::String;
