@@ -41,6 +41,8 @@ pub const PROBE_OFFSET: u32 = 2048;
 pub struct Frames {
     pa: PhysAddr,
     size: u64,
+    /// The alignment asked for: the allocator sizes the block by it too, so freeing needs it.
+    align: u64,
 }
 
 impl Frames {
@@ -48,7 +50,7 @@ impl Frames {
     pub fn alloc(pages: u64, align: u64) -> Result<Self, String> {
         let size = pages * crate::mm::PAGE_SIZE;
         let pa = frame::alloc_zeroed(size, align).map_err(|e| format!("{e}"))?;
-        Ok(Self { pa, size })
+        Ok(Self { pa, size, align })
     }
 
     /// One zeroed frame.
@@ -117,7 +119,7 @@ impl Frames {
 
 impl Drop for Frames {
     fn drop(&mut self) {
-        frame::free(self.pa, self.size, crate::mm::PAGE_SIZE);
+        frame::free(self.pa, self.size, self.align);
     }
 }
 
