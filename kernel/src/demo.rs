@@ -90,8 +90,8 @@ pub fn main() -> ! {
         println!();
         println!("== {title} ==");
         println!("{intro}");
-        run(title, *scenario, Off);
-        run(title, *scenario, Sync);
+        run("device checks", *scenario, Off);
+        run("device checks", *scenario, Sync);
     }
 
     println!();

@@ -151,7 +151,9 @@ mod runner {
     /// The test currently running, for the panic handler.
     static CURRENT: AtomicPtr<KTest> = AtomicPtr::new(core::ptr::null_mut());
 
-    /// All registered tests, sorted by name (link order is not source order).
+    /// All registered tests, grouped by top-level module and sorted by test name within it
+    /// (link order is not source order; the scenario tests, spread over several modules, run
+    /// in scenario-number order).
     pub fn all() -> Vec<&'static KTest> {
         // SAFETY: the linker script places only `KTest` values (from `ktest!`) between the two
         // symbols, aligned for KTest; the section is read-only data that lives forever.
@@ -161,7 +163,12 @@ mod runner {
             core::slice::from_raw_parts(start, end.offset_from(start) as usize)
         };
         let mut v: Vec<&'static KTest> = tests.iter().collect();
-        v.sort_by(|a, b| a.name.cmp(b.name));
+        let key = |t: &KTest| {
+            let top = t.name.split("::").next().unwrap_or("");
+            let leaf = t.name.rsplit("::").next().unwrap_or("");
+            (top, leaf, t.name)
+        };
+        v.sort_by(|a, b| key(a).cmp(&key(b)));
         v
     }
 

@@ -21,4 +21,17 @@ pub type Scenario = fn(SecondaryTlbMode) -> Result<kit::Outcome, String>;
 
 /// Further acts of the main job: (title, introduction, scenario), each run with the SMMU left
 /// out (`off`) and told (`sync`).
-pub static DEMO_EXTRAS: &[(&str, &str, Scenario)] = &[];
+pub static DEMO_EXTRAS: &[(&str, &str, Scenario)] = &[
+    (
+        "Act 3: a range too large for page-by-page invalidation",
+        "512 and 600 pages cached, then upgraded in one operation. Like Linux (512 pages at\n\
+         4 KiB), the planner sends one TLBI_NH_ASID instead of hundreds of commands:",
+        ranges::range_protect_large,
+    ),
+    (
+        "Act 4: the whole address space",
+        "Pages at the lowest and the highest VA change, then one whole-address-space flush —\n\
+         an explicit kind, never a wrapping or empty range:",
+        ranges::whole_address_space,
+    ),
+];
