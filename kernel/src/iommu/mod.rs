@@ -189,8 +189,8 @@ pub fn init(platform: &Platform, args: &BootArgs<'_>) -> Result<&'static Iommu, 
     // SAFETY: kernel_map::init mapped the SMMU's register frame (from the device tree) as
     // device memory in the linear window; only this driver uses it.
     let hal = unsafe { KernelSmmuHal::new(PhysAddr(node.reg.base).to_virt().0 as usize) };
+    // probe() logs the decoded ID registers.
     let mut smmu = Smmu::probe(hal)?;
-    log::info!("SMMUv3 at {:#x}: {}", node.reg.base, smmu.features());
     let cpu = cpu_mmu_config(platform);
     smmu.features()
         .check_sva(&cpu)
@@ -232,12 +232,8 @@ pub fn init(platform: &Platform, args: &BootArgs<'_>) -> Result<&'static Iommu, 
         edu.set_fault_source(Some(iommu));
     }
     log::info!(
-        "SMMUv3 enabled: stream table {:?}, every StreamID aborts until bound",
-        strtab_format.map_or("chosen from IDR0", |f| if f == StrtabFormat::Linear {
-            "linear"
-        } else {
-            "2-level"
-        })
+        "SMMUv3 at {:#x} on: every StreamID aborts until a device is bound (fail closed)",
+        node.reg.base
     );
     Ok(iommu)
 }

@@ -110,7 +110,6 @@ static PCI: Once<Pci> = Once::new();
 /// enumeration never enables DMA.
 pub fn init(host: PcieHost, ecam: Ecam) -> &'static Pci {
     PCI.call_once(|| {
-        log::info!("{host}");
         let enumeration = enumerate(&ecam, &host);
         enumeration.log();
         #[cfg(target_os = "none")]
