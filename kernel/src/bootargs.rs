@@ -3,8 +3,9 @@
 //!
 //! Recognised keys: `log=<level>`, `ktest[=<filter>]` (run the on-target tests whose name
 //! contains the filter instead of the main job), `secondary_tlb=sync|legacy|off`,
-//! `smmu.strtab=linear|2level`, `edu.completion=irq|poll`. Unknown keys are reported, not
-//! ignored silently.
+//! `smmu.strtab=linear|2level`, `smmu.trace_marks` (mark flushes under test in QEMU's SMMU
+//! trace for the host's trace oracle), `edu.completion=irq|poll`. Unknown keys are reported,
+//! not ignored silently.
 
 /// A parsed view of the boot arguments (borrowing the device tree's string).
 #[derive(Clone, Copy, Debug)]

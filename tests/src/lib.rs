@@ -7,11 +7,13 @@
 //! - [`console`]: parse the on-target runner's output (a pure function, unit-tested);
 //! - [`verdict`]: decide pass/fail from the parsed console and how QEMU ended;
 //! - [`suites`]: the suite matrix (one table) and the runs behind the CLI;
-//! - [`trace`]: parse QEMU's SMMU trace log (`QEMU_TRACE_FILE`) for trace oracles.
+//! - [`trace`]: parse QEMU's SMMU trace log (`QEMU_TRACE_FILE`) for trace oracles;
+//! - [`oracle`]: check the invalidation scenarios from that trace alone.
 
 pub mod build;
 pub mod console;
 pub mod error;
+pub mod oracle;
 pub mod qemu;
 pub mod suites;
 pub mod trace;

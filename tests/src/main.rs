@@ -16,6 +16,9 @@ usage:
       run the suite matrix (tests/src/suites.rs), each suite in its own boot
   harness ktest [FILTER] [--suite NAME] [--bootargs ARGS] [--features F] [--timeout SECS]
       run the on-target tests whose name contains FILTER in one configuration
+  harness oracle [--timeout SECS]
+      run the invalidation scenarios with QEMU's SMMU trace on and check them from the
+      trace alone (tests/src/oracle.rs)
   harness list
       list the suites
 
@@ -156,6 +159,11 @@ fn run(args: &[String]) -> Result<bool, Error> {
             let result = suites::run_suite(&root, &kernel, suite, &args.bootargs, &[], &opts)?;
             print_total(result.verdict.counts());
             Ok(result.verdict.passed())
+        }
+        "oracle" => {
+            let counts = harness::oracle::run(&root, opts.timeout, false)?;
+            print_total(counts);
+            Ok(counts.failed == 0)
         }
         other => Err(Error::Usage(format!("unknown command {other}"))),
     }

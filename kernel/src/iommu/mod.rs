@@ -130,6 +130,10 @@ pub struct Iommu {
 }
 
 static IOMMU: Once<Iommu> = Once::new();
+/// SMMU_GERROR_IRQ_CFG1 (IHI 0070 §6.3.22), where [`Iommu::trace_mark`] writes its marks.
+const TRACE_MARK_REGISTER: usize = 0x70;
+/// Whether [`Iommu::trace_mark`] leaves marks (bootarg `smmu.trace_marks`).
+static TRACE_MARKS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// The IOMMU, if [`init`] succeeded.
 pub fn get() -> Option<&'static Iommu> {
@@ -195,6 +199,7 @@ pub fn init(platform: &Platform, args: &BootArgs<'_>) -> Result<&'static Iommu, 
     smmu.features()
         .check_sva(&cpu)
         .map_err(|e| IommuError::Smmu(SmmuError::Cd(smmu::cd::CdError::Sva(e))))?;
+    TRACE_MARKS.store(args.has("smmu.trace_marks"), Ordering::Relaxed);
     let config = SmmuConfig {
         strtab_format,
         ..SmmuConfig::default()
@@ -356,6 +361,22 @@ impl Iommu {
             edu: edu.clone(),
             sid,
         })
+    }
+
+    /// Leave a mark in QEMU's SMMU trace (bootarg `smmu.trace_marks`, used by the host's trace
+    /// oracle): a write of `value` to SMMU_GERROR_IRQ_CFG1, which QEMU traces as
+    /// `smmuv3_write_mmio addr: 0x70 val:<value>`. The register holds the MSI payload of the
+    /// global-error interrupt, which is never used: this SMMU signals wired interrupts, and
+    /// GERROR_IRQ_CFG0.ADDR = 0 disables the MSI (IHI 0070 §6.3.21) — so the mark changes
+    /// nothing the device or the tests observe, and issues no command. Returns whether a mark
+    /// was left.
+    pub fn trace_mark(&self, value: u32) -> bool {
+        if !TRACE_MARKS.load(Ordering::Relaxed) {
+            return false;
+        }
+        use smmu::hal::SmmuHal;
+        self.smmu.hal().write32(TRACE_MARK_REGISTER, value);
+        true
     }
 
     /// Route SMMU events of `sid` that no transfer claims to `handler`.

@@ -466,12 +466,39 @@ impl PageSweep {
     }
 }
 
-/// SMMU commands issued while `f` runs.
+/// Trace marks (see [`crate::iommu::Iommu::trace_mark`]): the flush under test begins / ends;
+/// the low 16 bits carry the window's sequence number.
+const MARK_FLUSH_BEGIN: u32 = 0x7EB0_0000;
+const MARK_FLUSH_END: u32 = 0x7EE0_0000;
+static FLUSH_SEQ: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// SMMU commands issued while `f` runs (the change under test and its flush).
+///
+/// With bootarg `smmu.trace_marks` the window is also marked in QEMU's SMMU trace, and the
+/// console says which test it belongs to and what the kernel counted, so the host's trace
+/// oracle can check the same window from QEMU's side.
 pub fn commands_during<R>(f: impl FnOnce() -> R) -> (R, CounterSnapshot) {
     let iommu = iommu::get().expect("scenarios run only with an SMMU");
+    let seq = FLUSH_SEQ.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    if iommu.trace_mark(MARK_FLUSH_BEGIN | (seq & 0xFFFF)) {
+        crate::println!(
+            "trace-mark flush-begin seq={seq} test={}",
+            crate::ktest::current().unwrap_or("-")
+        );
+    }
     let before = iommu.stats();
     let r = f();
-    (r, iommu.stats().delta(&before))
+    let d = iommu.stats().delta(&before);
+    if iommu.trace_mark(MARK_FLUSH_END | (seq & 0xFFFF)) {
+        crate::println!(
+            "trace-mark flush-end seq={seq} nh_va={} nh_va_range={} nh_asid={} sync={}",
+            d.tlbi_nh_va,
+            d.tlbi_nh_va_range,
+            d.tlbi_nh_asid,
+            d.sync
+        );
+    }
+    (r, d)
 }
 
 /// What a scenario observed: the record behind its verdict, and a row of the demo's table.
