@@ -42,11 +42,12 @@ unsafe extern "C" {
 /// masked, at EL1.
 ///
 /// `dtb_pa` is the physical address of the device tree (0 if none was found), `image_pa` the
-/// physical load address of the kernel image.
+/// physical load address of the kernel image, `entry_el` the exception level QEMU entered at
+/// (the stub drops from EL2 to EL1).
 ///
 /// # Safety
 /// Called exactly once, by the boot stub, on the boot CPU.
-pub unsafe fn kernel_init(dtb_pa: u64, image_pa: u64) -> ! {
+pub unsafe fn kernel_init(dtb_pa: u64, image_pa: u64, entry_el: u64) -> ! {
     cpu::set_percpu_pointer(0);
     exception::install_vectors();
     // SAFETY: the bootstrap tables map the first GiB of the physical address space as device
@@ -56,7 +57,7 @@ pub unsafe fn kernel_init(dtb_pa: u64, image_pa: u64) -> ! {
     let boot_start_ns = crate::time::now_ns();
 
     println!(
-        "\nsmmu-sva unikernel: booting at EL{}, image at {image_pa:#x}",
+        "\nsmmu-sva unikernel: entered at EL{entry_el}, running at EL{}, image at {image_pa:#x}",
         cpu::current_el()
     );
     // SAFETY: the boot stub passes the device tree's physical address, which lies in RAM

@@ -262,3 +262,20 @@ mod harness_selftest {
         }
     }
 }
+
+// Compiled only into the self-test image, and outside `harness_selftest` so that filter does
+// not select it: it ends the run (`ktest=exception_selftest`).
+#[cfg(feature = "harness-selftest")]
+mod exception_selftest {
+    crate::ktest! {
+        /// A read through the lower half with no address space entered: the empty TTBR0
+        /// table makes it a translation fault nobody resolves, which must end the run with a
+        /// decoded report (selected on its own: `ktest=exception_selftest`).
+        fn unresolved_lower_half_abort() {
+            // SAFETY: deliberately unsound: the address is unmapped, and the resulting abort is
+            // the point of the test; the exception handler reports it and exits the machine.
+            let v = unsafe { core::ptr::read_volatile(0x1234_5000 as *const u64) };
+            Err(alloc::format!("read an unmapped address and got {v:#x}").into())
+        }
+    }
+}

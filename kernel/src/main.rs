@@ -10,9 +10,9 @@ core::arch::global_asm!(include_str!("_arch/aarch64/cpu/boot.s"));
 /// Only the boot stub calls this, once.
 #[cfg(target_os = "none")]
 #[unsafe(no_mangle)]
-unsafe extern "C" fn kernel_init(dtb_pa: u64, image_pa: u64) -> ! {
+unsafe extern "C" fn kernel_init(dtb_pa: u64, image_pa: u64, entry_el: u64) -> ! {
     // SAFETY: forwarded: called once by the boot stub on the boot CPU.
-    unsafe { kernel::init::kernel_init(dtb_pa, image_pa) }
+    unsafe { kernel::init::kernel_init(dtb_pa, image_pa, entry_el) }
 }
 
 #[cfg(not(target_os = "none"))]

@@ -58,6 +58,12 @@ pub const SUITES: &[Suite] = &[
     )]),
     // DMA completion by polling instead of the edu interrupt.
     Suite::new("edu-poll", "edu.completion=poll"),
+    // Entered at EL2 (the boot stub drops to EL1; PSCI then goes through SMC) with a GICv2
+    // (memory-mapped CPU interface, group 0). QEMU merges the extra -machine properties.
+    Suite::new("el2-gicv2", "").with_env(&[(
+        "QEMU_EXTRA_ARGS",
+        "-machine virtualization=on,gic-version=2",
+    )]),
 ];
 
 /// The suite called `name`.

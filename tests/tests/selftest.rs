@@ -44,3 +44,35 @@ fn harness_reports_the_deliberately_failing_on_target_tests() {
         );
     }
 }
+
+#[test]
+#[ignore = "boots QEMU; run by scripts/test"]
+fn harness_reports_an_unexpected_exception_with_its_decoded_report() {
+    let root = harness::repo_root();
+    let opts = Options {
+        filter: "exception_selftest".into(),
+        features: vec!["harness-selftest".into()],
+        ..Options::default()
+    };
+    let features: Vec<&str> = opts.features.iter().map(String::as_str).collect();
+    let kernel = build::build_kernel(&root, &features).expect("build the image");
+    let suite = suites::find("default").expect("the default suite");
+    let result = suites::run_suite(&root, &kernel, suite, "", &[], &opts).expect("boot QEMU");
+    let v = &result.verdict;
+    assert!(
+        !v.passed(),
+        "the harness passed a run that ended in an exception"
+    );
+    let report = v
+        .failures
+        .iter()
+        .find_map(|f| match f {
+            Failure::Exception { report, .. } => Some(report.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no exception failure reported: {v}"));
+    assert!(
+        report.contains("translation fault") && report.contains("0x12345000"),
+        "the report does not decode the abort: {report}"
+    );
+}

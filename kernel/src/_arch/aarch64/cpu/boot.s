@@ -103,6 +103,7 @@
 .global _start
 _start:
     mov     x19, x0                     // DTB address (0 when QEMU loads an ELF)
+    mrs     x20, CurrentEL              // the exception level QEMU entered at, for the log
     DROP_TO_EL1
     ENABLE_FP
 
@@ -150,8 +151,9 @@ _start:
     mov     sp, x1
     mov     x0, x19                     // DTB physical address (0 if none was found)
     adrp    x1, _start                  // physical load address of the image
-    ldr     x2, =kernel_init
-    br      x2
+    ubfx    x2, x20, #2, #2             // entry exception level
+    ldr     x3, =kernel_init
+    br      x3
 
 // Secondary CPUs: PSCI CPU_ON enters here with the MMU off and x0 = the physical address of a
 // SecondaryBoot block (kernel/src/_arch/aarch64/cpu/smp.rs) holding TTBR1, stack and entry.
