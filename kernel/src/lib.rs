@@ -27,20 +27,20 @@ pub mod platform;
 #[cfg(target_os = "none")]
 pub mod console;
 pub mod cpu;
+#[cfg(target_os = "none")]
+pub mod demo;
 pub mod drivers;
 #[cfg(target_os = "none")]
 pub mod exit;
 #[cfg(target_os = "none")]
 pub mod init;
 #[cfg(target_os = "none")]
+pub mod iommu;
+#[cfg(target_os = "none")]
 mod panic;
 #[cfg(target_os = "none")]
-pub mod time;
+pub mod scenarios;
 #[cfg(target_os = "none")]
 pub mod smp;
 #[cfg(target_os = "none")]
-pub mod demo;
-#[cfg(target_os = "none")]
-pub mod iommu;
-#[cfg(target_os = "none")]
-pub mod scenarios;
+pub mod time;
