@@ -5,23 +5,30 @@
 use harness::{
     build,
     suites::{self, Options},
-    verdict::Failure,
+    verdict::{Failure, Verdict},
 };
 
-#[test]
-#[ignore = "boots QEMU; run by scripts/test"]
-fn harness_reports_the_deliberately_failing_on_target_tests() {
+/// Build the self-test image and run the on-target tests matching `filter` on the default
+/// machine.
+fn run_selftest_image(filter: &str) -> Verdict {
     let root = harness::repo_root();
     let opts = Options {
-        filter: "harness_selftest".into(),
+        filter: filter.into(),
         features: vec!["harness-selftest".into()],
         ..Options::default()
     };
     let features: Vec<&str> = opts.features.iter().map(String::as_str).collect();
     let kernel = build::build_kernel(&root, &features).expect("build the image");
     let suite = suites::find("default").expect("the default suite");
-    let result = suites::run_suite(&root, &kernel, suite, "", &[], &opts).expect("boot QEMU");
-    let v = &result.verdict;
+    suites::run_suite(&root, &kernel, suite, "", &[], &opts)
+        .expect("boot QEMU")
+        .verdict
+}
+
+#[test]
+#[ignore = "boots QEMU; run by scripts/test"]
+fn harness_reports_the_deliberately_failing_on_target_tests() {
+    let v = &run_selftest_image("harness_selftest");
 
     assert!(!v.passed(), "the harness passed a run of failing tests");
     let failed: Vec<_> = v.failed_tests().collect();
@@ -48,17 +55,7 @@ fn harness_reports_the_deliberately_failing_on_target_tests() {
 #[test]
 #[ignore = "boots QEMU; run by scripts/test"]
 fn harness_reports_an_unexpected_exception_with_its_decoded_report() {
-    let root = harness::repo_root();
-    let opts = Options {
-        filter: "exception_selftest".into(),
-        features: vec!["harness-selftest".into()],
-        ..Options::default()
-    };
-    let features: Vec<&str> = opts.features.iter().map(String::as_str).collect();
-    let kernel = build::build_kernel(&root, &features).expect("build the image");
-    let suite = suites::find("default").expect("the default suite");
-    let result = suites::run_suite(&root, &kernel, suite, "", &[], &opts).expect("boot QEMU");
-    let v = &result.verdict;
+    let v = &run_selftest_image("exception_selftest");
     assert!(
         !v.passed(),
         "the harness passed a run that ended in an exception"

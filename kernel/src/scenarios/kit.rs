@@ -232,6 +232,20 @@ impl Rig {
             .map_err(|e| format!("loading the device buffer: {e}"))
     }
 
+    /// Check that the first `len` bytes of the device's buffer all hold `expect` (what the
+    /// device read in the scenario's setup).
+    pub fn expect_device_buffer(&self, len: u32, expect: u8) -> Result<(), String> {
+        let buf = self.device_buffer(len)?;
+        if buf.iter().all(|&b| b == expect) {
+            Ok(())
+        } else {
+            Err(format!(
+                "setup: the device read {:02x?}…, expected {expect:#04x}",
+                &buf[..4.min(buf.len())]
+            ))
+        }
+    }
+
     /// The first `len` bytes of the device's buffer (staged through the scratch page).
     pub fn device_buffer(&self, len: u32) -> Result<Vec<u8>, String> {
         self.scratch.fill(0, len as usize, 0xEE);

@@ -17,18 +17,6 @@ use alloc::{format, string::String};
 
 const LEN: u32 = 64;
 
-fn check_device_read(rig: &Rig, expect: u8) -> Result<(), String> {
-    let buf = rig.device_buffer(LEN)?;
-    if buf.iter().all(|&b| b == expect) {
-        Ok(())
-    } else {
-        Err(format!(
-            "the device read {:02x?}…, expected {expect:#04x}",
-            &buf[..4]
-        ))
-    }
-}
-
 /// Scenario 1: the device reads P (the SMMU caches a read-only entry), the kernel upgrades P to
 /// RW in place and flushes, the device writes P.
 pub fn permission_upgrade(mode: SecondaryTlbMode) -> Result<Outcome, String> {
@@ -39,7 +27,7 @@ pub fn permission_upgrade(mode: SecondaryTlbMode) -> Result<Outcome, String> {
     rig.map(x, p.pa(0), 1, Perms::R)?;
     rig.device_reads(x, LEN)
         .map_err(|e| format!("initial device read of P: {e}"))?;
-    check_device_read(&rig, 0x11)?;
+    rig.expect_device_buffer(LEN, 0x11)?;
     rig.load_device(0x22, LEN)?;
 
     let (upgraded, commands) = commands_during(|| rig.protect(x, 1, Perms::RW));

@@ -21,18 +21,6 @@ use alloc::{format, string::String, vec::Vec};
 const LEN: u32 = 64;
 const PAGE: usize = PAGE_SIZE as usize;
 
-fn check_device_read(rig: &Rig, expect: u8) -> Result<(), String> {
-    let buf = rig.device_buffer(LEN)?;
-    if buf.iter().all(|&b| b == expect) {
-        Ok(())
-    } else {
-        Err(format!(
-            "setup: the device read {:02x?}…, expected {expect:#04x}",
-            &buf[..4]
-        ))
-    }
-}
-
 /// Scenario 4: the device reads and writes P (the SMMU caches a writable entry); P is
 /// unmapped and its frame reused (this scenario keeps the frame and plays its next owner,
 /// which fills it with its own data); the device writes P again. The write must fault with a
@@ -45,7 +33,7 @@ pub fn unmap_frame_reuse(mode: SecondaryTlbMode) -> Result<Outcome, String> {
     rig.map(x, p.pa(0), 1, Perms::RW)?;
     rig.device_reads(x, LEN)
         .map_err(|e| format!("setup: device read of P: {e}"))?;
-    check_device_read(&rig, 0x41)?;
+    rig.expect_device_buffer(LEN, 0x41)?;
     rig.load_device(0x42, LEN)?;
     rig.device_writes(x, LEN)
         .map_err(|e| format!("setup: device write of P: {e}"))?;
