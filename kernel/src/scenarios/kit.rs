@@ -134,7 +134,7 @@ pub struct Rig {
     attachment: Option<Attachment>,
 }
 
-/// The device's StreamID and a label for messages.
+/// Names the device and the address space (its ASID) in failure messages.
 impl fmt::Debug for Rig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Rig(edu {}, ASID {})", self.edu.bdf(), self.space.asid())
