@@ -5,7 +5,7 @@
 //! once with the flush path telling it (the fix), and says what the device did. The closing
 //! table counts the SMMU commands each flush cost.
 
-use crate::mm::notifier::SecondaryTlbMode::{self, Legacy, Off, Sync};
+use crate::mm::tlb::SecondaryTlbMode::{self, Legacy, Off, Sync};
 use crate::{
     exit, println,
     scenarios::{

@@ -108,7 +108,7 @@ pub unsafe fn kernel_init(dtb_pa: u64, image_pa: u64, entry_el: u64) -> ! {
     if let Err(e) = mm::context::init(cpus) {
         boot_error(&alloc::format!("address spaces: {e}"));
     }
-    match mm::notifier::init_from_bootargs(args.raw()) {
+    match mm::tlb::secondary::init_from_bootargs(args.raw()) {
         Ok(mode) => info!("secondary TLB notifications: {mode:?}"),
         Err(e) => boot_error(&alloc::format!("bootargs: {e}")),
     }

@@ -200,6 +200,8 @@ impl fmt::Display for CdError {
     }
 }
 
+impl core::error::Error for CdError {}
+
 /// The update-protocol description of CDs.
 pub const FORMAT: EntryFormat = EntryFormat {
     name: "CD",

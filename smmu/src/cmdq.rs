@@ -221,6 +221,8 @@ impl fmt::Display for CmdqError {
     }
 }
 
+impl core::error::Error for CmdqError {}
+
 /// Sequence numbers of a completed batch (for diagnostics and tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubmitReceipt {

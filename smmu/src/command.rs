@@ -166,6 +166,8 @@ impl fmt::Display for RangeError {
     }
 }
 
+impl core::error::Error for RangeError {}
+
 /// The range/level-hint form of `CMD_TLBI_NH_VA`/`VAA` (requires `IDR3.RIL`, §4.4.1.1):
 /// invalidates `(NUM + 1) * 2^SCALE` granules starting at the command's address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

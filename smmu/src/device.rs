@@ -202,6 +202,8 @@ impl fmt::Display for InvariantViolation {
     }
 }
 
+impl core::error::Error for InvariantViolation {}
+
 /// Driver failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SmmuError {
@@ -266,6 +268,8 @@ impl fmt::Display for SmmuError {
         }
     }
 }
+
+impl core::error::Error for SmmuError {}
 
 impl From<StrtabError> for SmmuError {
     fn from(e: StrtabError) -> Self {

@@ -400,6 +400,8 @@ impl fmt::Display for EventqError {
     }
 }
 
+impl core::error::Error for EventqError {}
+
 /// Result of one drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DrainReport {

@@ -361,6 +361,8 @@ impl fmt::Display for MissingFeature {
     }
 }
 
+impl core::error::Error for MissingFeature {}
+
 /// The CPU's stage-1 configuration, as far as sharing its tables with the SMMU is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuMmuConfig {
@@ -461,6 +463,8 @@ impl fmt::Display for SvaError {
         }
     }
 }
+
+impl core::error::Error for SvaError {}
 
 impl Features {
     /// Reads and decodes the ID registers.

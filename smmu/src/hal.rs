@@ -106,6 +106,8 @@ impl fmt::Display for DmaError {
     }
 }
 
+impl core::error::Error for DmaError {}
+
 /// A block of DMA memory: its physical address (as seen by the SMMU) and a CPU pointer.
 ///
 /// The region is an owning handle: it is not `Clone`, and goes back to the allocator through

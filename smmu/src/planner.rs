@@ -128,6 +128,8 @@ impl fmt::Display for PlanError {
     }
 }
 
+impl core::error::Error for PlanError {}
+
 /// Planner settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlannerConfig {

@@ -46,6 +46,8 @@ impl fmt::Display for InconsistentPointers {
     }
 }
 
+impl core::error::Error for InconsistentPointers {}
+
 impl QueueGeometry {
     /// A queue of 2^`log2_entries` entries; `None` above [`MAX_LOG2_ENTRIES`].
     pub const fn new(log2_entries: u8) -> Option<Self> {

@@ -130,6 +130,8 @@ impl fmt::Display for StrtabError {
     }
 }
 
+impl core::error::Error for StrtabError {}
+
 /// Shape of a stream table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StrtabLayout {

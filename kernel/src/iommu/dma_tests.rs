@@ -25,7 +25,7 @@ use crate::{
     },
     iommu, kassert, kassert_eq,
     ktest::{TestFailure, TestResult},
-    mm::{PAGE_SIZE, context, notifier::SecondaryTlbMode, pgtable::Perms},
+    mm::{PAGE_SIZE, context, pgtable::Perms, tlb::SecondaryTlbMode},
     scenarios::kit::{Frames, IOVA_BASE, Rig},
     time,
 };

@@ -42,7 +42,7 @@ use crate::{
     },
     kassert, kassert_eq,
     ktest::{TestFailure, TestResult},
-    mm::{PhysAddr, notifier::SecondaryTlbMode, pgtable::Perms},
+    mm::{PhysAddr, pgtable::Perms, tlb::SecondaryTlbMode},
     scenarios::kit::{Frames, IOVA_BASE, Rig},
 };
 use alloc::{format, string::String, sync::Arc};

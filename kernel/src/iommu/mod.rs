@@ -23,8 +23,10 @@ use crate::{
     mm::{
         PhysAddr, VirtAddr,
         address_space::{AddressSpace, AsError, FaultClass, FaultKind},
-        flush::{FlushCause, FlushRange},
-        notifier::{SecondaryTlb, SecondaryTlbError, SecondaryTlbHandle},
+        tlb::{
+            FlushCause, FlushRange, SecondaryTlb, SecondaryTlbError, SecondaryTlbFailure,
+            SecondaryTlbHandle,
+        },
     },
     platform::Platform,
 };
@@ -164,7 +166,7 @@ fn cpu_mmu_config(platform: &Platform) -> CpuMmuConfig {
     CpuMmuConfig {
         granule: Granule::Size4K,
         va_bits: crate::mm::addr::VA_BITS as u8,
-        asid_bits: crate::mm::flush::arch::cpu_asid_bits() as u8,
+        asid_bits: crate::mm::tlb::arch::cpu_asid_bits() as u8,
         pa_range_bits,
         max_ram_pa: platform
             .memory
@@ -571,21 +573,26 @@ impl SecondaryTlb for SmmuTlb {
         range: FlushRange,
         _cause: FlushCause,
     ) -> Result<(), SecondaryTlbError> {
+        // The SMMU boundary: the kernel's one range type becomes the driver's flush kind.
         let kind = match range {
-            FlushRange::Page(va) => FlushKind::Page(va.0),
-            FlushRange::Range(span) => FlushKind::Range {
-                start: span.start().0,
-                pages: span.pages(),
+            FlushRange::Pages(r) if r.pages() == 1 => FlushKind::Page(r.start().0),
+            FlushRange::Pages(r) => FlushKind::Range {
+                start: r.start().0,
+                pages: r.pages(),
             },
             FlushRange::All => FlushKind::All,
         };
         masked(|| self.iommu.smmu.invalidate(asid, kind)).map_err(|e| {
-            log::error!("SMMU invalidation of ASID {asid} {kind:?} failed: {e}");
-            match e {
-                SmmuError::Cmdq(smmu::CmdqError::SyncTimeout { .. }) => SecondaryTlbError::Timeout,
-                SmmuError::Cmdq(_) => SecondaryTlbError::CommandError,
-                _ => SecondaryTlbError::Unavailable,
-            }
+            let failure = match e {
+                SmmuError::Cmdq(smmu::CmdqError::SyncTimeout { .. }) => {
+                    SecondaryTlbFailure::Timeout
+                }
+                SmmuError::Cmdq(smmu::CmdqError::Rejected { index, opcode, .. }) => {
+                    SecondaryTlbFailure::Rejected { index, opcode }
+                }
+                _ => SecondaryTlbFailure::Unavailable,
+            };
+            SecondaryTlbError::caused_by(failure, e)
         })
     }
 }

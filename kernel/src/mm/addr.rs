@@ -20,6 +20,8 @@ pub const LINEAR_BASE: u64 = 0xFFFF_0000_0000_0000;
 pub const VA_BITS: u32 = 48;
 /// One past the highest lower-half (TTBR0) address.
 pub const USER_VA_END: u64 = 1 << VA_BITS;
+/// First address of the upper (TTBR1) VA half.
+pub const UPPER_VA_START: u64 = !(USER_VA_END - 1);
 
 /// A physical address.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -5,7 +5,7 @@
 //! context descriptor points at ([`AddressSpace::smmu_context`], after
 //! [`AddressSpace::register_secondary`] pinned the ASID). Both walk the same tables, so every
 //! change goes through [`AddressSpace::flush`]: CPU TLBIs, then each registered secondary TLB,
-//! then completion, then freeing the tables the change unlinked (see [`crate::mm::flush`]).
+//! then completion, then freeing the tables the change unlinked (see [`crate::mm::tlb`]).
 //!
 //! Table changes are serialised by a per-address-space lock; flushes of ordinary changes run
 //! after it is released (several CPUs may flush at once). Break-before-make operations
@@ -22,14 +22,15 @@ use spin::{Mutex, MutexGuard, RwLock};
 use crate::mm::{
     addr::{PhysAddr, VirtAddr},
     asid::{Activation, AsidAllocator, AsidContext, AsidError},
-    flush::{
-        self, FlushDone, FlushError, FlushRange, FlushStats, FlushStatsSnapshot, FlushTarget,
-        TargetScope, TlbFlush, TlbMaintenance,
-    },
-    notifier::{SecondaryTlb, SecondaryTlbHandle, SecondaryTlbMode, SecondaryTlbs},
+    frame::FrameSource,
     pgtable::{
-        self, FrameSource, MAIR_EL1_VALUE, MAIR_IDX_DEVICE, MAIR_IDX_NORMAL, MapAttrs, PageTable,
-        Perms, PhysMem, TG0_4K, TXSZ_48BIT, Translation, VaHalf, VaRange,
+        self, MAIR_EL1_VALUE, MAIR_IDX_DEVICE, MAIR_IDX_NORMAL, MapAttrs, PageTable, Perms,
+        PhysMem, TG0_4K, TXSZ_48BIT, Translation, VaHalf,
+    },
+    tlb::{
+        self, FlushDone, FlushError, FlushRange, FlushStats, FlushStatsSnapshot, FlushTarget,
+        SecondaryTlb, SecondaryTlbHandle, SecondaryTlbMode, SecondaryTlbs, TargetScope, TlbFlush,
+        TlbMaintenance, VaRange,
     },
 };
 
@@ -63,8 +64,9 @@ impl MmEnv {
     /// [`AsidError::TooManyCpus`] if `cpus` is 0 or too large for the ASID width.
     pub unsafe fn for_this_machine(cpus: usize) -> Result<Self, AsidError> {
         use crate::mm::{
-            flush::arch::{CpuTlb, cpu_asid_bits},
-            pgtable::{KernelFrames, LinearWindow},
+            frame::KernelFrames,
+            pgtable::LinearWindow,
+            tlb::arch::{CpuTlb, cpu_asid_bits},
         };
         // SAFETY: guaranteed by the caller.
         let window = unsafe { LinearWindow::new() };
@@ -210,7 +212,7 @@ pub enum FaultPolicy {
     #[default]
     Report,
     /// Write permission faults on read-only entries make the entry writable in place (a
-    /// permission *upgrade*, flushed with [`FlushCause::FaultUpgrade`](flush::FlushCause)); faults
+    /// permission *upgrade*, flushed with [`FlushCause::FaultUpgrade`](tlb::FlushCause)); faults
     /// on entries that already allow the write flush the stale entry; access-flag faults set
     /// AF. This is the write-tracking pattern that exposes the secondary-TLB upgrade bug in
     /// `legacy` mode.
@@ -476,7 +478,7 @@ impl AddressSpace {
             frames: &*self.env.frames,
             stats: Some(&self.stats),
         };
-        Ok(flush::execute(token, &target)?)
+        Ok(tlb::execute(token, &target)?)
     }
 
     /// Flushes the whole address space (`ASIDE1IS` + every secondary TLB, [`FlushRange::All`]).
@@ -487,11 +489,11 @@ impl AddressSpace {
     pub fn flush_all(&self) -> Result<(), AsError> {
         self.flush(TlbFlush::invalidate(
             self.root,
-            flush::FlushCause::Batch,
-            flush::Invalidation {
+            tlb::FlushCause::Batch,
+            tlb::Invalidation {
                 range: FlushRange::All,
                 leaf_only: false,
-                stride: flush::Stride::Page,
+                stride: tlb::Stride::Page,
             },
             false,
             Vec::new(),
@@ -566,7 +568,7 @@ impl AddressSpace {
     }
 
     /// Detaches a secondary TLB: removes it from the flush list (waiting for in-flight flushes),
-    /// invalidates its whole ASID ([`FlushCause::Release`](flush::FlushCause)), then unpins. The
+    /// invalidates its whole ASID ([`FlushCause::Release`](tlb::FlushCause)), then unpins. The
     /// caller must already have stopped the device using this address space (quiesced the CD).
     ///
     /// # Errors
@@ -583,7 +585,7 @@ impl AddressSpace {
             &*tlb,
             self.asid(),
             FlushRange::All,
-            flush::FlushCause::Release,
+            tlb::FlushCause::Release,
         ) {
             return Err(FlushError::Secondary {
                 name: tlb.name().into(),
@@ -738,12 +740,12 @@ mod tests {
 
     use super::*;
     use crate::mm::{
-        flush::{FlushCause, TlbiKind},
-        notifier::SecondaryTlbError,
         pgtable::{
             MemType,
             fake::{Ev, FakeMem, Log, RecordingSecondary, RecordingTlb},
         },
+        tlb::SecondaryTlbError,
+        tlb::{FlushCause, TlbiKind},
     };
 
     const MIB2: u64 = 2 * 1024 * 1024;
@@ -933,9 +935,9 @@ mod tests {
             f.log.take(),
             vec![
                 Ev::DsbIshst,
-                Ev::Tlbi(crate::mm::flush::TlbiOp {
+                Ev::Tlbi(crate::mm::tlb::TlbiOp {
                     kind: TlbiKind::Rvale1is,
-                    operand: crate::mm::flush::range_operand(asid, va(0x20_0000), 1, 7)
+                    operand: crate::mm::tlb::range_operand(asid, va(0x20_0000), 1, 7)
                 }),
                 Ev::Secondary {
                     name: "smmu".into(),
@@ -1147,7 +1149,7 @@ mod tests {
         }
         assert_eq!(f.mem.allocated(), base, "every table frame returned");
         let ev = f.log.take();
-        assert!(ev.contains(&Ev::Tlbi(crate::mm::flush::TlbiOp {
+        assert!(ev.contains(&Ev::Tlbi(crate::mm::tlb::TlbiOp {
             kind: TlbiKind::Aside1is,
             operand: ev_asid(&ev) << 48
         })));

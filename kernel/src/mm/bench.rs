@@ -21,9 +21,9 @@ use crate::{
         addr::BLOCK_2M,
         address_space::{AddressSpace, FaultPolicy},
         context,
-        flush::{FlushStatsSnapshot, arch::detect_features},
-        notifier::SecondaryTlbMode,
         pgtable::Perms,
+        tlb::SecondaryTlbMode,
+        tlb::{FlushStatsSnapshot, arch::detect_features},
     },
 };
 use alloc::{format, string::String, sync::Arc, vec::Vec};
@@ -67,7 +67,7 @@ struct Subject {
     space: Arc<AddressSpace>,
     smmu: Option<SmmuBinding>,
     _recorder: Option<Arc<Recorder>>,
-    handle: Option<crate::mm::notifier::SecondaryTlbHandle>,
+    handle: Option<crate::mm::tlb::SecondaryTlbHandle>,
 }
 
 impl Subject {

@@ -32,6 +32,31 @@ impl PhysRange {
     }
 }
 
+/// Allocator of 4 KiB frames for translation tables.
+pub trait FrameSource: Send + Sync {
+    /// A zeroed, 4 KiB-aligned frame, or `None` when out of memory.
+    fn alloc_zeroed_frame(&self) -> Option<PhysAddr>;
+    /// Returns a frame obtained from [`FrameSource::alloc_zeroed_frame`].
+    fn free_frame(&self, pa: PhysAddr);
+}
+
+/// [`FrameSource`] backed by the kernel's global frame allocator (this module's), which
+/// zeroes frames through the linear window: usable once TTBR1 maps all RAM.
+#[cfg(target_os = "none")]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KernelFrames;
+
+#[cfg(target_os = "none")]
+impl FrameSource for KernelFrames {
+    fn alloc_zeroed_frame(&self) -> Option<PhysAddr> {
+        alloc_frame().ok()
+    }
+
+    fn free_frame(&self, pa: PhysAddr) {
+        free(pa, PAGE_SIZE, PAGE_SIZE);
+    }
+}
+
 /// Why a frame allocation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameError {

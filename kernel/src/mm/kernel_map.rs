@@ -16,9 +16,9 @@ mod target {
         cpu,
         mm::{
             addr::{BLOCK_2M, PAGE_SIZE, PhysAddr, VirtAddr},
-            flush::{self, arch::CpuTlb},
-            frame,
-            pgtable::{self, KernelFrames, LinearWindow, MapAttrs, PageTable, VaHalf, VaRange},
+            frame::{self, KernelFrames},
+            pgtable::{self, LinearWindow, MapAttrs, PageTable, VaHalf},
+            tlb::{self, VaRange, arch::CpuTlb},
         },
     };
     use core::{
@@ -88,14 +88,14 @@ mod target {
         if end <= start {
             return Ok(());
         }
-        let range =
-            VaRange::new(linear(start), end - start).map_err(|e| KernelMapError::Table(what, e))?;
+        let range = VaRange::new(linear(start), end - start)
+            .map_err(|e| KernelMapError::Table(what, e.into()))?;
         let token = pt
             .map(range, PhysAddr(start), attrs, true)
             .map_err(|e| KernelMapError::Table(what, e))?;
         // SAFETY: these tables are not installed in any TTBR or SMMU context yet: no walker
         // has seen them. The switch below issues the barriers and TLB invalidation.
-        unsafe { flush::complete_without_tlb(token, &FRAMES) };
+        unsafe { tlb::complete_without_tlb(token, &FRAMES) };
         Ok(())
     }
 
@@ -220,11 +220,11 @@ mod target {
                     };
                 }
                 let range = VaRange::new(linear(page), run_end - page)
-                    .map_err(|e| KernelMapError::Table(what, e))?;
+                    .map_err(|e| KernelMapError::Table(what, e.into()))?;
                 let token = pt
                     .map(range, PhysAddr(page), MapAttrs::KERNEL_DEVICE, true)
                     .map_err(|e| KernelMapError::Table(what, e))?;
-                flush::flush_kernel(token, &CpuTlb::new(), &FRAMES)
+                tlb::flush_kernel(token, &CpuTlb::new(), &FRAMES)
                     .expect("kernel flushes involve no secondary TLB and cannot fail");
                 page = run_end;
             } else {

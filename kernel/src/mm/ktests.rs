@@ -1,6 +1,6 @@
 //! On-target tests of the virtual-memory core: what the host tests cannot show.
 //!
-//! The host tests (`pgtable`, `flush`, `notifier`, `asid`, `address_space`) check the tables,
+//! The host tests (`pgtable`, `tlb`, `asid`, `address_space`) check the tables,
 //! the TLBI plans and the notifier calls against recording fakes. Only a real CPU can show that
 //! the plans are *enough*: that after each flush this CPU's TLB — and, through the broadcast
 //! `… IS` TLBIs, the other CPU's — stops using the old translation. So these tests enter the
@@ -42,11 +42,9 @@ use crate::{
             MmEnv,
         },
         asid::AsidAllocator,
-        context,
-        flush::{FlushCause, FlushRange},
-        frame, kernel_map,
-        notifier::{SecondaryTlb, SecondaryTlbError, SecondaryTlbMode},
-        pgtable::{MapAttrs, MemType, Perms, VaRange},
+        context, frame, kernel_map,
+        pgtable::{MapAttrs, MemType, Perms},
+        tlb::{FlushCause, FlushRange, SecondaryTlb, SecondaryTlbError, SecondaryTlbMode, VaRange},
     },
     smp,
 };

@@ -5,13 +5,12 @@ pub mod addr;
 pub mod address_space;
 pub mod asid;
 pub mod context;
-pub mod flush;
 pub mod frame;
 pub mod heap;
 pub mod kernel_map;
 #[cfg(target_os = "none")]
 mod ktests;
-pub mod notifier;
 pub mod pgtable;
+pub mod tlb;
 
 pub use addr::{PAGE_SIZE, PhysAddr, VirtAddr};

@@ -18,7 +18,7 @@
 use super::kit::{Frames, IOVA_BASE, Outcome, PageSweep, Rig, commands_during, fault_of, range};
 use crate::{
     kassert, kassert_eq,
-    mm::{PAGE_SIZE, VirtAddr, addr::BLOCK_2M, notifier::SecondaryTlbMode, pgtable::Perms},
+    mm::{PAGE_SIZE, VirtAddr, addr::BLOCK_2M, pgtable::Perms, tlb::SecondaryTlbMode},
 };
 use alloc::{format, string::String, vec::Vec};
 

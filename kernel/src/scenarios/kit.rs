@@ -16,8 +16,8 @@ use crate::{
         PhysAddr, VirtAddr,
         address_space::AddressSpace,
         context, frame,
-        notifier::SecondaryTlbMode,
-        pgtable::{MapAttrs, MemType, Perms, VaRange},
+        pgtable::{MapAttrs, MemType, Perms},
+        tlb::{SecondaryTlbMode, VaRange},
     },
 };
 use alloc::{format, string::String, sync::Arc, vec::Vec};

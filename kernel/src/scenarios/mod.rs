@@ -13,7 +13,7 @@ pub mod ranges;
 pub mod sharing;
 pub mod unmap_remap;
 
-use crate::mm::notifier::SecondaryTlbMode;
+use crate::mm::tlb::SecondaryTlbMode;
 use alloc::string::String;
 
 /// A scenario: run it in a mode, get what the device did.

@@ -11,7 +11,7 @@ use super::kit::{Frames, IOVA_BASE, Outcome, RETRY_CAP, Rig, commands_during};
 use crate::{
     drivers::{dma::DmaFaultKind, edu::DmaError},
     kassert, kassert_eq,
-    mm::{address_space::FaultPolicy, notifier::SecondaryTlbMode, pgtable::Perms},
+    mm::{address_space::FaultPolicy, pgtable::Perms, tlb::SecondaryTlbMode},
 };
 use alloc::{format, string::String};
 

@@ -20,7 +20,7 @@ use super::kit::{
 use crate::{
     drivers::dma::DmaFaultKind,
     kassert, kassert_eq,
-    mm::{PAGE_SIZE, addr::USER_VA_END, notifier::SecondaryTlbMode, pgtable::Perms},
+    mm::{PAGE_SIZE, addr::USER_VA_END, pgtable::Perms, tlb::SecondaryTlbMode},
 };
 use alloc::{format, string::String, vec::Vec};
 use smmu::planner::FlushKind;

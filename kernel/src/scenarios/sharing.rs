@@ -25,7 +25,7 @@ use super::kit::{
 use crate::{
     drivers::dma::DmaFaultKind,
     iommu, kassert, kassert_eq,
-    mm::{PAGE_SIZE, address_space::AddressSpace, notifier::SecondaryTlbMode, pgtable::Perms},
+    mm::{PAGE_SIZE, address_space::AddressSpace, pgtable::Perms, tlb::SecondaryTlbMode},
     smp,
 };
 use alloc::{format, string::String, sync::Arc, vec, vec::Vec};

@@ -14,7 +14,7 @@ use super::kit::{Frames, IOVA_BASE, Outcome, Rig, commands_during, fault_of, ran
 use crate::{
     drivers::dma::DmaFaultKind,
     kassert, kassert_eq,
-    mm::{PAGE_SIZE, notifier::SecondaryTlbMode, pgtable::Perms},
+    mm::{PAGE_SIZE, pgtable::Perms, tlb::SecondaryTlbMode},
 };
 use alloc::{format, string::String, vec::Vec};
 

@@ -142,8 +142,8 @@ use std::{
 };
 
 use crate::mm::{
-    flush::{FlushCause, FlushRange, TlbFeatures, TlbMaintenance, TlbiOp},
-    notifier::{SecondaryTlb, SecondaryTlbError},
+    tlb::{FlushCause, FlushRange, TlbFeatures, TlbMaintenance, TlbiOp},
+    tlb::{SecondaryTlb, SecondaryTlbError, SecondaryTlbFailure},
 };
 
 /// One observable step of a flush.
@@ -266,7 +266,7 @@ impl SecondaryTlb for RecordingSecondary {
             cause,
         });
         if self.fail.load(Ordering::Relaxed) {
-            Err(SecondaryTlbError::Timeout)
+            Err(SecondaryTlbError::new(SecondaryTlbFailure::Timeout))
         } else {
             Ok(())
         }

@@ -4,7 +4,8 @@
 //! # Design
 //!
 //! - Tables live in physical frames reached through two traits, [`PhysMem`] (where a frame is
-//!   mapped for the kernel) and [`FrameSource`] (allocate/free frames), so the whole module runs
+//!   mapped for the kernel) and [`FrameSource`](crate::mm::frame::FrameSource) (allocate/free
+//!   frames), so the whole module runs
 //!   on the host against fake memory.
 //! - Every mutating operation returns a [`TlbFlush`] token (`#[must_use]`) that says what must be
 //!   invalidated, whether the change was *only* a permission upgrade, and which table frames may
@@ -34,8 +35,9 @@ use core::{
 };
 
 use crate::mm::{
-    addr::{LINEAR_BASE, PAGE_SIZE, PhysAddr, USER_VA_END, VirtAddr},
-    flush::{FlushCause, FlushDone, FlushRange, Invalidation, Stride, TlbFlush},
+    addr::{LINEAR_BASE, PAGE_SIZE, PhysAddr, UPPER_VA_START, USER_VA_END, VirtAddr},
+    frame::FrameSource,
+    tlb::{FlushCause, FlushDone, FlushRange, Invalidation, RangeError, Stride, TlbFlush, VaRange},
 };
 
 mod desc;
@@ -48,8 +50,6 @@ mod tests;
 
 /// Entries per table.
 pub const ENTRIES: usize = 512;
-/// First address of the upper (TTBR1) half.
-pub const UPPER_VA_START: u64 = !(USER_VA_END - 1);
 /// One past the largest output address a descriptor can hold (48-bit OA).
 pub const PA_LIMIT: u64 = 1 << 48;
 
@@ -71,14 +71,6 @@ pub unsafe trait PhysMem: Send + Sync {
     fn table_ptr(&self, pa: PhysAddr) -> *mut [u64; ENTRIES];
 }
 
-/// Allocator of 4 KiB frames for translation tables.
-pub trait FrameSource: Send + Sync {
-    /// A zeroed, 4 KiB-aligned frame, or `None` when out of memory.
-    fn alloc_zeroed_frame(&self) -> Option<PhysAddr>;
-    /// Returns a frame obtained from [`FrameSource::alloc_zeroed_frame`].
-    fn free_frame(&self, pa: PhysAddr);
-}
-
 /// [`PhysMem`] through the kernel's linear window (`va = pa + LINEAR_BASE`), valid once the
 /// TTBR1 tables mapping all RAM are live.
 #[derive(Debug)]
@@ -98,23 +90,6 @@ impl LinearWindow {
 unsafe impl PhysMem for LinearWindow {
     fn table_ptr(&self, pa: PhysAddr) -> *mut [u64; ENTRIES] {
         (LINEAR_BASE + pa.0) as *mut [u64; ENTRIES]
-    }
-}
-
-/// [`FrameSource`] backed by the kernel's global frame allocator ([`crate::mm::frame`]), which
-/// zeroes frames through the linear window: usable once TTBR1 maps all RAM.
-#[cfg(target_os = "none")]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct KernelFrames;
-
-#[cfg(target_os = "none")]
-impl FrameSource for KernelFrames {
-    fn alloc_zeroed_frame(&self) -> Option<PhysAddr> {
-        crate::mm::frame::alloc_frame().ok()
-    }
-
-    fn free_frame(&self, pa: PhysAddr) {
-        crate::mm::frame::free(pa, PAGE_SIZE, PAGE_SIZE);
     }
 }
 
@@ -161,78 +136,13 @@ impl VaHalf {
     }
 }
 
-/// A non-empty, page-aligned VA range given as start and length, so that a range ending at the
-/// very top of the address space needs no end address that wraps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct VaRange {
-    start: VirtAddr,
-    len: u64,
-}
-
-impl VaRange {
-    /// `len` bytes from `start`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Misaligned`] if `start` or `len` is not page-aligned; [`Error::AddressRange`]
-    /// if `len` is 0 or the range passes 2^64.
-    pub const fn new(start: VirtAddr, len: u64) -> Result<Self, Error> {
-        if !start.0.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
-            return Err(Error::Misaligned);
-        }
-        if len == 0 || start.0.checked_add(len - 1).is_none() {
-            return Err(Error::AddressRange);
-        }
-        Ok(Self { start, len })
-    }
-
-    /// `[start, end_exclusive)`.
-    ///
-    /// # Errors
-    ///
-    /// As [`VaRange::new`]; an empty or backwards range is [`Error::AddressRange`].
-    pub const fn from_bounds(start: VirtAddr, end_exclusive: VirtAddr) -> Result<Self, Error> {
-        if end_exclusive.0 <= start.0 {
-            return Err(Error::AddressRange);
-        }
-        Self::new(start, end_exclusive.0 - start.0)
-    }
-
-    /// The page containing `va`.
-    pub const fn page(va: VirtAddr) -> Self {
-        Self {
-            start: VirtAddr(va.0 & !(PAGE_SIZE - 1)),
-            len: PAGE_SIZE,
-        }
-    }
-
-    /// First address.
-    pub const fn start(self) -> VirtAddr {
-        self.start
-    }
-    /// Length in bytes.
-    pub const fn len(self) -> u64 {
-        self.len
-    }
-    /// Always `false` (kept for API symmetry with collections).
-    pub const fn is_empty(self) -> bool {
-        false
-    }
-    /// Number of pages.
-    pub const fn pages(self) -> u64 {
-        self.len / PAGE_SIZE
-    }
-    /// Last byte (inclusive).
-    pub const fn last(self) -> VirtAddr {
-        VirtAddr(self.start.0 + (self.len - 1))
-    }
-}
-
 /// Why a page-table operation was refused. Nothing was changed when one is returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
-    /// The VA range is empty, leaves this table's half, or the PA range passes 2^48.
+    /// The VA range leaves this table's half, or the PA range passes 2^48.
     AddressRange,
+    /// The VA range itself is malformed.
+    Range(RangeError),
     /// An address or length is not aligned as required.
     Misaligned,
     /// This address is not mapped (and must be).
@@ -260,6 +170,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::AddressRange => f.write_str("address range outside the table"),
+            Error::Range(e) => write!(f, "{e}"),
             Error::Misaligned => f.write_str("misaligned address or length"),
             Error::NotMapped(va) => write!(f, "{va} is not mapped"),
             Error::AlreadyMapped(va) => write!(f, "{va} is already mapped"),
@@ -277,6 +188,12 @@ impl fmt::Display for Error {
 impl From<AttrError> for Error {
     fn from(e: AttrError) -> Self {
         Error::InvalidAttrs(e)
+    }
+}
+
+impl From<RangeError> for Error {
+    fn from(e: RangeError) -> Self {
+        Error::Range(e)
     }
 }
 
@@ -437,7 +354,7 @@ fn for_each_entry(
 /// Orders the initialisation of a new table before the store that links it, for every walker.
 fn publish_fence() {
     #[cfg(target_os = "none")]
-    crate::mm::flush::arch::dmb_ishst();
+    crate::mm::tlb::arch::dmb_ishst();
     #[cfg(not(target_os = "none"))]
     core::sync::atomic::fence(Ordering::Release);
 }
@@ -614,13 +531,13 @@ impl<'a> PageTable<'a> {
         let base = self.half.base();
         let ok = match self.half {
             VaHalf::Lower => r.last().0 < USER_VA_END,
-            VaHalf::Upper => r.start.0 >= base,
+            VaHalf::Upper => r.start().0 >= base,
         };
         if !ok {
             return Err(Error::AddressRange);
         }
-        let s = r.start.0 - base;
-        Ok((s, s + r.len))
+        let s = r.start().0 - base;
+        Ok((s, s + r.len()))
     }
 
     fn offset(&self, va: VirtAddr) -> Option<u64> {
@@ -702,7 +619,11 @@ impl<'a> PageTable<'a> {
         if !pa.is_aligned(PAGE_SIZE) {
             return Err(Error::Misaligned);
         }
-        if pa.0.checked_add(range.len).is_none_or(|end| end > PA_LIMIT) {
+        if pa
+            .0
+            .checked_add(range.len())
+            .is_none_or(|end| end > PA_LIMIT)
+        {
             return Err(Error::AddressRange);
         }
         let (s, e) = self.offsets(range)?;
@@ -988,7 +909,7 @@ impl<'a> PageTable<'a> {
         }
         if new_pa
             .0
-            .checked_add(range.len)
+            .checked_add(range.len())
             .is_none_or(|end| end > PA_LIMIT)
         {
             return Err(Error::AddressRange);

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, vec::Vec};
 
 use super::{fake::*, *};
-use crate::mm::flush::{self, FlushTarget, TargetScope, TlbiOp};
+use crate::mm::tlb::{self, FlushTarget, TargetScope, TlbiOp};
 
 const MIB2: u64 = 2 * 1024 * 1024;
 
@@ -44,7 +44,7 @@ impl Fx {
             frames: &self.mem,
             stats: None,
         };
-        flush::execute(t, &target).unwrap()
+        tlb::execute(t, &target).unwrap()
     }
     /// Runs a whole break-before-make.
     fn bbm(&self, pt: &mut PageTable<'_>, b: Bbm) {
@@ -199,29 +199,34 @@ fn upgrade_classification() {
 
 #[test]
 fn va_range_edges() {
-    assert_eq!(VaRange::new(va(0x1000), 0), Err(Error::AddressRange));
-    assert_eq!(VaRange::new(va(0x1001), 0x1000), Err(Error::Misaligned));
-    assert_eq!(VaRange::new(va(0x1000), 0x1001), Err(Error::Misaligned));
+    assert_eq!(VaRange::new(va(0x1000), 0), Err(RangeError::Empty));
+    assert_eq!(
+        VaRange::new(va(0x1001), 0x1000),
+        Err(RangeError::Misaligned)
+    );
+    assert_eq!(
+        VaRange::new(va(0x1000), 0x1001),
+        Err(RangeError::Misaligned)
+    );
     assert_eq!(
         VaRange::new(va(0xFFFF_FFFF_FFFF_F000), 0x2000),
-        Err(Error::AddressRange)
+        Err(RangeError::Overflow)
+    );
+    assert_eq!(
+        VaRange::new(va(USER_VA_END - 0x1000), 0x2000),
+        Err(RangeError::NotCanonical)
     );
     let top = VaRange::new(va(0xFFFF_FFFF_FFFF_F000), 0x1000).unwrap();
     assert_eq!(top.last(), va(u64::MAX));
     assert_eq!(
-        VaRange::from_bounds(va(0x2000), va(0x2000)),
-        Err(Error::AddressRange)
+        VaRange::covering(va(0x2000), 0x2000),
+        Err(RangeError::Empty)
     );
     assert_eq!(
-        VaRange::from_bounds(va(0x3000), va(0x2000)),
-        Err(Error::AddressRange)
+        VaRange::covering(va(0x3000), 0x2000),
+        Err(RangeError::Empty)
     );
-    assert_eq!(
-        VaRange::from_bounds(va(0x2000), va(0x4000))
-            .unwrap()
-            .pages(),
-        2
-    );
+    assert_eq!(VaRange::covering(va(0x2000), 0x4000).unwrap().pages(), 2);
     assert_eq!(VaRange::page(va(0x1234)), range(0x1000, 0x1000));
 }
 
@@ -342,23 +347,17 @@ fn map_upper_half_and_top_page() {
     );
     assert_eq!(pt.translate(va(0x1000)), None);
     let t = pt.unmap(top).unwrap();
-    assert_eq!(t.range(), Some(FlushRange::Page(va(0xFFFF_FFFF_FFFF_F000))));
+    assert_eq!(t.range(), Some(FlushRange::page(va(0xFFFF_FFFF_FFFF_F000))));
     fx.complete(t);
-    let mut low = fx.table(VaHalf::Lower);
+    // A range between the halves, or one straddling the end of the lower half, cannot even be
+    // expressed: `VaRange` keeps to one canonical half.
     assert_eq!(
-        low.map(range(1 << 48, 4096), pa(0), MapAttrs::SHARED_RW, false)
-            .unwrap_err(),
-        Error::AddressRange
+        VaRange::new(va(1 << 48), 4096),
+        Err(RangeError::NotCanonical)
     );
     assert_eq!(
-        low.map(
-            range((1 << 48) - 4096, 8192),
-            pa(0),
-            MapAttrs::SHARED_RW,
-            false
-        )
-        .unwrap_err(),
-        Error::AddressRange
+        VaRange::new(va((1 << 48) - 4096), 8192),
+        Err(RangeError::NotCanonical)
     );
 }
 
@@ -490,7 +489,7 @@ fn unmap_frees_empty_tables_only_after_flush() {
     fx.log.take();
     let t = pt.unmap(range(0x20_0000, 4096)).unwrap();
     let inv = t.invalidation().unwrap();
-    assert_eq!(inv.range, FlushRange::Page(va(0x20_0000)));
+    assert_eq!(inv.range, FlushRange::page(va(0x20_0000)));
     assert!(inv.leaf_only && !t.upgrade_only() && t.freed_tables().is_empty());
     assert_eq!(t.cause(), FlushCause::Unmap);
     fx.complete(t);
@@ -499,7 +498,7 @@ fn unmap_frees_empty_tables_only_after_flush() {
         vec![
             Ev::DsbIshst,
             Ev::Tlbi(TlbiOp {
-                kind: flush::TlbiKind::Vale1is,
+                kind: tlb::TlbiKind::Vale1is,
                 operand: (7 << 48) | 0x200
             }),
             Ev::DsbIsh,
@@ -523,7 +522,7 @@ fn unmap_frees_empty_tables_only_after_flush() {
     assert!(matches!(
         fx.log.take()[1],
         Ev::Tlbi(TlbiOp {
-            kind: flush::TlbiKind::Vae1is,
+            kind: tlb::TlbiKind::Vae1is,
             ..
         })
     ));
@@ -702,11 +701,11 @@ fn protect_blocks() {
         tlbis,
         vec![
             Ev::Tlbi(TlbiOp {
-                kind: flush::TlbiKind::Vale1is,
+                kind: tlb::TlbiKind::Vale1is,
                 operand: (7 << 48) | 0x200
             }),
             Ev::Tlbi(TlbiOp {
-                kind: flush::TlbiKind::Vale1is,
+                kind: tlb::TlbiKind::Vale1is,
                 operand: (7 << 48) | 0x400
             }),
         ]
@@ -742,7 +741,7 @@ fn grant_and_access_flag() {
     let (t, changed) = pt.grant(va(0x30_0123), Perms::WRITE).unwrap();
     assert!(changed && t.upgrade_only());
     assert_eq!(t.cause(), FlushCause::FaultUpgrade);
-    assert_eq!(t.range(), Some(FlushRange::Page(va(0x30_0000))));
+    assert_eq!(t.range(), Some(FlushRange::page(va(0x30_0000))));
     fx.complete(t);
     assert_eq!(
         pt.translate(va(0x30_0000)).unwrap().attrs,
@@ -752,7 +751,7 @@ fn grant_and_access_flag() {
     let (t, changed) = pt.grant(va(0x30_0123), Perms::WRITE).unwrap();
     assert!(!changed && t.upgrade_only());
     assert_eq!(t.cause(), FlushCause::SpuriousFault);
-    assert_eq!(t.range(), Some(FlushRange::Page(va(0x30_0000))));
+    assert_eq!(t.range(), Some(FlushRange::page(va(0x30_0000))));
     fx.complete(t);
     // Block: the whole block becomes writable.
     let (t, changed) = pt.grant(va(0x41_2345), Perms::WRITE).unwrap();
@@ -1156,7 +1155,7 @@ fn teardown_frees_every_table_after_flush() {
         vec![
             Ev::DsbIshst,
             Ev::Tlbi(TlbiOp {
-                kind: flush::TlbiKind::Aside1is,
+                kind: tlb::TlbiKind::Aside1is,
                 operand: 7 << 48
             }),
             Ev::DsbIsh,

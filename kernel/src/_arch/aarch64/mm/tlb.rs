@@ -17,7 +17,7 @@ use tock_registers::interfaces::{Readable, Writeable};
 
 use crate::mm::{
     asid::asid_bits_from_mmfr0,
-    flush::{TlbFeatures, TlbMaintenance, TlbiKind, TlbiOp},
+    tlb::{TlbFeatures, TlbMaintenance, TlbiKind, TlbiOp},
 };
 
 /// The CPU's TLB features (from ID_AA64ISAR0_EL1).

@@ -1,12 +1,13 @@
-//! Secondary TLBs: non-CPU TLBs (the SMMU's) that cache translations from the CPU's own page
-//! tables and never see the CPU's TLBI instructions.
+//! Secondary TLBs: the registration list of non-CPU TLBs (the SMMU's) that cache translations
+//! from the CPU's own page tables and never see the CPU's TLBI instructions, and the notifier
+//! mode that decides which flushes they are told about.
 //!
 //! # Why
 //!
 //! An address space shared with a device through the SMMU (SVA) is walked by two MMUs. The CPU's
 //! TLBs are kept coherent by broadcast `TLBI … IS`; the SMMU's is not (QEMU's SMMUv3 has no
 //! broadcast TLB maintenance, and Linux runs real SMMUs with `CR2.PTM = 1` too). Every flush path
-//! therefore calls [`SecondaryTlbs::notify`] at the same point as its CPU TLBI — after the
+//! therefore calls [`SecondaryTlbs::notify`] (from the flush [executor](super::executor)) at the same point as its CPU TLBI — after the
 //! `DSB ISHST` that published the page-table stores, before the final `DSB ISH` — and returns only
 //! once every secondary TLB has completed its invalidation (for the SMMU: TLBI commands +
 //! `CMD_SYNC` consumed). This is the Linux ≥ 6.6 design (`mmu_notifier_arch_invalidate_
@@ -33,7 +34,7 @@ use core::{
 
 use spin::Mutex;
 
-use crate::mm::flush::{FlushCause, FlushError, FlushRange, FlushStats};
+use crate::mm::tlb::{range::FlushRange, token::FlushCause};
 
 /// A TLB outside the CPU that caches translations from shared page tables.
 ///
@@ -60,28 +61,113 @@ pub trait SecondaryTlb: Send + Sync {
     ) -> Result<(), SecondaryTlbError>;
 }
 
-/// Why a secondary TLB could not invalidate.
+/// What kind of failure a secondary TLB reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SecondaryTlbError {
+pub enum SecondaryTlbFailure {
     /// The completion wait (e.g. `CMD_SYNC`) timed out.
     Timeout,
-    /// The device reported a command error.
-    CommandError,
+    /// The device rejected one of the invalidation commands (e.g. SMMU `CERROR_ILL`).
+    Rejected {
+        /// Index of the rejected command in the device's batch.
+        index: usize,
+        /// Its opcode.
+        opcode: u8,
+    },
     /// The device is not operational.
     Unavailable,
-    /// Another failure.
-    Other(&'static str),
+}
+
+impl fmt::Display for SecondaryTlbFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Timeout => f.write_str("invalidation completion timed out"),
+            Self::Rejected { index, opcode } => {
+                write!(
+                    f,
+                    "invalidation command {index} (opcode {opcode:#04x}) rejected"
+                )
+            }
+            Self::Unavailable => f.write_str("device unavailable"),
+        }
+    }
+}
+
+/// Why a secondary TLB could not invalidate: the kind of failure, and the device driver's own
+/// error (kept whole, as [`core::error::Error::source`]).
+#[derive(Clone, Debug)]
+pub struct SecondaryTlbError {
+    failure: SecondaryTlbFailure,
+    source: Option<Arc<dyn core::error::Error + Send + Sync>>,
+}
+
+impl SecondaryTlbError {
+    /// A failure without a driver error behind it.
+    pub fn new(failure: SecondaryTlbFailure) -> Self {
+        Self {
+            failure,
+            source: None,
+        }
+    }
+
+    /// A failure caused by the driver's `source` error.
+    pub fn caused_by(
+        failure: SecondaryTlbFailure,
+        source: impl core::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            failure,
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// What kind of failure it was.
+    pub fn failure(&self) -> SecondaryTlbFailure {
+        self.failure
+    }
 }
 
 impl fmt::Display for SecondaryTlbError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SecondaryTlbError::Timeout => f.write_str("invalidation completion timed out"),
-            SecondaryTlbError::CommandError => f.write_str("invalidation command error"),
-            SecondaryTlbError::Unavailable => f.write_str("device unavailable"),
-            SecondaryTlbError::Other(s) => f.write_str(s),
+        match &self.source {
+            Some(src) => write!(f, "{}: {src}", self.failure),
+            None => write!(f, "{}", self.failure),
         }
     }
+}
+
+/// Equal when the failures are equal and the driver errors are the same one (both absent, or
+/// clones of one error): driver errors need not be comparable themselves.
+impl PartialEq for SecondaryTlbError {
+    fn eq(&self, other: &Self) -> bool {
+        self.failure == other.failure
+            && match (&self.source, &other.source) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+impl Eq for SecondaryTlbError {}
+
+impl core::error::Error for SecondaryTlbError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn core::error::Error + 'static))
+    }
+}
+
+/// What one [`SecondaryTlbs::notify`] did, for the executor's statistics and errors.
+#[derive(Clone, Debug, Default)]
+pub struct NotifyReport {
+    /// Invalidations performed (successful or not).
+    pub notified: u64,
+    /// Invalidations skipped because of the notifier mode.
+    pub skipped: u64,
+    /// Invalidations that failed.
+    pub failures: u64,
+    /// The first failure: the TLB's name and its error.
+    pub first_failure: Option<(String, SecondaryTlbError)>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -338,59 +424,42 @@ impl SecondaryTlbs {
         r
     }
 
-    /// Reports one flush to every registered TLB, synchronously, as the mode allows.
-    ///
-    /// # Errors
-    ///
-    /// [`FlushError::Secondary`] naming the first failure; every TLB is still attempted.
+    /// Reports one flush to every registered TLB, synchronously, as the mode allows; every TLB
+    /// is attempted even after a failure. The report says what was done and what failed.
     pub fn notify(
         &self,
         asid: u16,
         range: FlushRange,
         cause: FlushCause,
         upgrade_only: bool,
-        stats: Option<&FlushStats>,
-    ) -> Result<(), FlushError> {
+    ) -> NotifyReport {
+        let mut report = NotifyReport::default();
         let list = self.snapshot();
         if list.is_empty() {
-            return Ok(());
+            return report;
         }
         if !self.effective_mode().should_notify(upgrade_only) {
-            if let Some(s) = stats {
-                s.add_secondary(0, list.len() as u64, 0);
-            }
-            return Ok(());
+            report.skipped = list.len() as u64;
+            return report;
         }
-        let mut first: Option<(String, SecondaryTlbError)> = None;
-        let (mut notified, mut failures) = (0u64, 0usize);
         for e in list.iter() {
             match Self::call(e, asid, range, cause) {
                 None => {}
-                Some(Ok(())) => notified += 1,
+                Some(Ok(())) => report.notified += 1,
                 Some(Err(err)) => {
-                    notified += 1;
-                    failures += 1;
+                    report.notified += 1;
+                    report.failures += 1;
                     log::error!(
                         "secondary TLB {}: invalidate asid {asid} {range:?}: {err}",
                         e.tlb.name()
                     );
-                    if first.is_none() {
-                        first = Some((String::from(e.tlb.name()), err));
-                    }
+                    report
+                        .first_failure
+                        .get_or_insert_with(|| (String::from(e.tlb.name()), err));
                 }
             }
         }
-        if let Some(s) = stats {
-            s.add_secondary(notified, 0, failures as u64);
-        }
-        match first {
-            Some((name, error)) => Err(FlushError::Secondary {
-                name,
-                error,
-                failures,
-            }),
-            None => Ok(()),
-        }
+        report
     }
 
     /// Reports one invalidation to a single, already unregistered TLB (teardown of a
@@ -502,17 +571,20 @@ mod tests {
     fn notify_respects_mode_and_registration() {
         let log = Log::default();
         let list = SecondaryTlbs::new();
-        let stats = FlushStats::default();
+        let (mut notified, mut skipped) = (0, 0);
+        let mut tally = |r: NotifyReport| {
+            assert!(r.first_failure.is_none());
+            notified += r.notified;
+            skipped += r.skipped;
+        };
         let r = FlushRange::page(VirtAddr(0x1000));
         // Nothing registered: nothing to do, even in sync mode.
         list.set_mode_override(Some(SecondaryTlbMode::Sync));
-        list.notify(1, r, FlushCause::Unmap, false, Some(&stats))
-            .unwrap();
+        tally(list.notify(1, r, FlushCause::Unmap, false));
         let a = list.register(RecordingSecondary::new("a", log.clone()));
         let _b = list.register(RecordingSecondary::new("b", log.clone()));
         assert_eq!(list.len(), 2);
-        list.notify(1, r, FlushCause::Protect, true, Some(&stats))
-            .unwrap();
+        tally(list.notify(1, r, FlushCause::Protect, true));
         assert_eq!(
             log.take_secondary(),
             vec![
@@ -521,24 +593,14 @@ mod tests {
             ]
         );
         list.set_mode_override(Some(SecondaryTlbMode::Legacy));
-        list.notify(1, r, FlushCause::Protect, true, Some(&stats))
-            .unwrap();
+        tally(list.notify(1, r, FlushCause::Protect, true));
         assert_eq!(log.take_secondary(), vec![], "legacy skips the upgrade");
-        list.notify(1, r, FlushCause::Unmap, false, Some(&stats))
-            .unwrap();
+        tally(list.notify(1, r, FlushCause::Unmap, false));
         assert_eq!(log.take_secondary().len(), 2, "legacy still sends the rest");
         list.set_mode_override(Some(SecondaryTlbMode::Off));
-        list.notify(
-            1,
-            FlushRange::All,
-            FlushCause::Teardown,
-            false,
-            Some(&stats),
-        )
-        .unwrap();
+        tally(list.notify(1, FlushRange::All, FlushCause::Teardown, false));
         assert_eq!(log.take_secondary(), vec![]);
-        let s = stats.snapshot();
-        assert_eq!((s.secondary_notifications, s.secondary_skipped), (4, 4));
+        assert_eq!((notified, skipped), (4, 4));
         assert!(list.unregister(a).is_some());
         assert!(list.unregister(a).is_none());
         assert_eq!(list.len(), 1);
@@ -580,14 +642,13 @@ mod tests {
                 thread::spawn(move || {
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        list.notify(
+                        let r = list.notify(
                             i,
                             FlushRange::page(VirtAddr(0x1000 * n)),
                             FlushCause::Unmap,
                             false,
-                            None,
-                        )
-                        .unwrap();
+                        );
+                        assert_eq!(r.failures, 0);
                         n = (n + 1) % 1000;
                         if n.is_multiple_of(64) {
                             thread::yield_now();

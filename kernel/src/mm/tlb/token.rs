@@ -1,0 +1,280 @@
+//! The flush token: what a page-table change requires before it is complete, and the proof
+//! ([`FlushDone`]) that it was.
+
+use alloc::vec::Vec;
+use core::{
+    fmt,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use crate::mm::{addr::PhysAddr, tlb::range::FlushRange};
+
+/// The operation that made a flush necessary (passed to secondary TLBs for diagnostics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlushCause {
+    /// New mappings (invalid → valid): only a barrier, no invalidation.
+    Map,
+    /// Mappings removed.
+    Unmap,
+    /// Permissions changed in place (see [`TlbFlush::upgrade_only`]).
+    Protect,
+    /// Output addresses changed (break-before-make).
+    Remap,
+    /// A block replaced by a table of pages (break-before-make).
+    SplitBlock,
+    /// A table of pages replaced by a block (break-before-make).
+    MergeBlock,
+    /// A permission fault resolved by making a read-only page writable in place.
+    FaultUpgrade,
+    /// A permission fault on an entry that already allowed the access: a stale TLB entry.
+    SpuriousFault,
+    /// The address space is being destroyed.
+    Teardown,
+    /// A secondary TLB is being detached from the address space.
+    Release,
+    /// Several tokens merged with [`TlbFlush::merge`].
+    Batch,
+}
+
+/// How much a single CPU TLBI by VA covers for this flush.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stride {
+    /// Per 4 KiB page.
+    Page,
+    /// Every changed leaf was a whole 2 MiB block: one TLBI per block suffices, since a TLBI by
+    /// VA removes every entry that translates that VA, whatever its size.
+    Block2M,
+}
+
+/// The invalidation part of a flush.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Invalidation {
+    /// What to invalidate.
+    pub range: FlushRange,
+    /// Only leaf entries changed: last-level TLBIs (`VALE1IS`) suffice. `false` when a table
+    /// entry changed or a table was freed, so walk caches must go too (`VAE1IS`).
+    pub leaf_only: bool,
+    /// Granularity hint for the CPU plan.
+    pub stride: Stride,
+}
+
+static NEXT_FLUSH_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What a page-table change requires before it is complete: a TLB invalidation (or just a
+/// barrier), and table frames that may be freed only after it.
+///
+/// Every mutating page-table operation returns one. It must be passed to the flush executor
+/// ([`AddressSpace::flush`](crate::mm::address_space::AddressSpace::flush),
+/// [`flush_kernel`](super::flush_kernel), or for tables that were never live
+/// [`complete_without_tlb`](super::complete_without_tlb)); dropping it un-flushed is a bug,
+/// logged, and leaks the frames rather than risk a walker reading freed memory.
+#[must_use = "a page-table change is incomplete until its TLB flush has run"]
+pub struct TlbFlush {
+    id: u64,
+    absorbed: Vec<u64>,
+    origin: PhysAddr,
+    cause: FlushCause,
+    inval: Option<Invalidation>,
+    upgrade_only: bool,
+    barrier: bool,
+    freed: Vec<PhysAddr>,
+    armed: bool,
+}
+
+impl TlbFlush {
+    fn new(origin: PhysAddr, cause: FlushCause) -> Self {
+        Self {
+            id: NEXT_FLUSH_ID.fetch_add(1, Ordering::Relaxed),
+            absorbed: Vec::new(),
+            origin,
+            cause,
+            inval: None,
+            upgrade_only: false,
+            barrier: false,
+            freed: Vec::new(),
+            armed: true,
+        }
+    }
+
+    /// Nothing changed: completing it does nothing.
+    pub(crate) fn nothing(origin: PhysAddr, cause: FlushCause) -> Self {
+        Self::new(origin, cause)
+    }
+
+    /// Only new entries were written (invalid → valid, new tables linked): a barrier
+    /// (`DSB ISHST; ISB`) makes them visible; no TLB can hold an invalid entry.
+    pub(crate) fn barrier_only(origin: PhysAddr, cause: FlushCause) -> Self {
+        let mut t = Self::new(origin, cause);
+        t.barrier = true;
+        t
+    }
+
+    /// Valid entries changed.
+    pub(crate) fn invalidate(
+        origin: PhysAddr,
+        cause: FlushCause,
+        inval: Invalidation,
+        upgrade_only: bool,
+        freed: Vec<PhysAddr>,
+    ) -> Self {
+        let mut t = Self::new(origin, cause);
+        t.inval = Some(inval);
+        t.upgrade_only = upgrade_only;
+        t.barrier = true;
+        t.freed = freed;
+        t
+    }
+
+    /// Unique id (ties a break-before-make's second half to this flush).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// Root table of the page table that produced it.
+    pub fn origin(&self) -> PhysAddr {
+        self.origin
+    }
+    /// The operation behind it.
+    pub fn cause(&self) -> FlushCause {
+        self.cause
+    }
+    /// What must be invalidated; `None` if only a barrier (or nothing) is needed.
+    pub fn invalidation(&self) -> Option<Invalidation> {
+        self.inval
+    }
+    /// Shortcut for the invalidation's range.
+    pub fn range(&self) -> Option<FlushRange> {
+        self.inval.map(|i| i.range)
+    }
+    /// The change *only* added permissions to valid entries (e.g. RO→RW in place). Such a
+    /// change needs a TLB invalidation as much as any other (a TLB may hold the old, more
+    /// restrictive entry, Arm ARM D8.16) — it is the one pre-6.6 Linux forgot to send to
+    /// secondary TLBs, which the `legacy` notifier mode reproduces.
+    pub fn upgrade_only(&self) -> bool {
+        self.upgrade_only
+    }
+    /// Whether completing it needs a barrier.
+    pub fn needs_barrier(&self) -> bool {
+        self.barrier
+    }
+    /// Whether completing it does nothing at all.
+    pub fn is_noop(&self) -> bool {
+        !self.barrier && self.inval.is_none() && self.freed.is_empty()
+    }
+    /// Table frames freed when the flush completes.
+    pub fn freed_tables(&self) -> &[PhysAddr] {
+        &self.freed
+    }
+
+    /// Widens the invalidation to the whole address space — the explicit [`FlushRange::All`]
+    /// kind, never a wrapping or empty range — as Linux's `flush_tlb_mm` does after scattered
+    /// changes. A token with no invalidation (only new mappings) stays barrier-only.
+    pub fn widen_to_all(&mut self) {
+        if let Some(inv) = &mut self.inval {
+            inv.range = FlushRange::All;
+        }
+    }
+
+    /// Folds `other` into `self` (one flush for several changes, like Linux's `mmu_gather`):
+    /// the range becomes the hull, walk caches are invalidated if either needs it, and the
+    /// result is upgrade-only only if every invalidating part was.
+    ///
+    /// # Panics
+    ///
+    /// If the tokens come from different page tables.
+    pub fn merge(&mut self, mut other: TlbFlush) {
+        assert_eq!(
+            self.origin, other.origin,
+            "merging flushes of different page tables"
+        );
+        other.armed = false;
+        self.absorbed.push(other.id);
+        self.absorbed.append(&mut other.absorbed);
+        self.freed.append(&mut other.freed);
+        self.barrier |= other.barrier;
+        if self.cause != other.cause {
+            self.cause = FlushCause::Batch;
+        }
+        self.inval = match (self.inval, other.inval) {
+            (None, o) => {
+                self.upgrade_only = other.upgrade_only;
+                o
+            }
+            (s, None) => s,
+            (Some(a), Some(b)) => {
+                self.upgrade_only &= other.upgrade_only;
+                Some(Invalidation {
+                    range: a.range.hull(b.range),
+                    leaf_only: a.leaf_only && b.leaf_only,
+                    stride: if a.stride == b.stride {
+                        a.stride
+                    } else {
+                        Stride::Page
+                    },
+                })
+            }
+        };
+    }
+
+    /// Disarms the token and hands out its parts.
+    pub(super) fn take(mut self) -> Parts {
+        self.armed = false;
+        let mut ids = core::mem::take(&mut self.absorbed);
+        ids.push(self.id);
+        Parts {
+            done: FlushDone { ids },
+            cause: self.cause,
+            inval: self.inval,
+            upgrade_only: self.upgrade_only,
+            barrier: self.barrier,
+            freed: core::mem::take(&mut self.freed),
+        }
+    }
+}
+
+/// A disarmed token's contents, for the executor.
+pub(super) struct Parts {
+    pub(super) done: FlushDone,
+    pub(super) cause: FlushCause,
+    pub(super) inval: Option<Invalidation>,
+    pub(super) upgrade_only: bool,
+    pub(super) barrier: bool,
+    pub(super) freed: Vec<PhysAddr>,
+}
+
+impl fmt::Debug for TlbFlush {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlbFlush")
+            .field("id", &self.id)
+            .field("cause", &self.cause)
+            .field("inval", &self.inval)
+            .field("upgrade_only", &self.upgrade_only)
+            .field("barrier", &self.barrier)
+            .field("freed", &self.freed)
+            .finish()
+    }
+}
+
+impl Drop for TlbFlush {
+    fn drop(&mut self) {
+        if self.armed && (self.inval.is_some() || !self.freed.is_empty()) {
+            log::error!("TLB flush dropped without being performed ({self:?}); leaking its frames");
+        }
+    }
+}
+
+/// Proof that a [`TlbFlush`] has been completed (CPU and secondary TLBs invalidated, frames
+/// freed). Break-before-make operations demand it before writing their new entries.
+#[derive(Debug)]
+pub struct FlushDone {
+    ids: Vec<u64>,
+}
+
+impl FlushDone {
+    /// Whether this completion covers the flush with id `id`.
+    pub fn covers(&self, id: u64) -> bool {
+        self.ids.contains(&id)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU TLBI planning (pure)
