@@ -1,7 +1,7 @@
 //! The boot sequence, from the assembly stub's hand-off to the main job or the test runner.
 
 use crate::{
-    bootargs::BootArgs,
+    bootargs::BootConfig,
     console, cpu,
     drivers::{self, gic, timer},
     exception, exit,
@@ -11,7 +11,7 @@ use crate::{
     platform::{self, GicRegs, Platform},
     println, smp,
 };
-use alloc::{string::String, vec, vec::Vec};
+use alloc::{vec, vec::Vec};
 use log::{info, warn};
 use spin::Once;
 
@@ -19,7 +19,7 @@ use spin::Once;
 const HEAP_GROWTH: u64 = 32 << 20;
 
 static PLATFORM: Once<Platform> = Once::new();
-static BOOTARGS: Once<String> = Once::new();
+static CONFIG: Once<BootConfig> = Once::new();
 
 /// The machine as the device tree describes it (available once the boot CPU parsed it).
 pub fn platform() -> &'static Platform {
@@ -28,9 +28,12 @@ pub fn platform() -> &'static Platform {
         .expect("platform() used before the device tree was parsed")
 }
 
-/// The boot arguments.
-pub fn bootargs() -> BootArgs<'static> {
-    BootArgs::new(BOOTARGS.get().map_or("", |s| s.as_str()))
+/// The boot configuration (the defaults until the boot CPU parsed the boot arguments).
+pub fn config() -> &'static BootConfig {
+    static DEFAULT: Once<BootConfig> = Once::new();
+    CONFIG
+        .get()
+        .unwrap_or_else(|| DEFAULT.call_once(BootConfig::default))
 }
 
 unsafe extern "C" {
@@ -67,15 +70,11 @@ pub unsafe fn kernel_init(dtb_pa: u64, image_pa: u64, entry_el: u64) -> ! {
         Ok(p) => PLATFORM.call_once(|| p),
         Err(e) => boot_error(&alloc::format!("device tree at {dtb_pa:#x}: {e}")),
     };
-    let args = BootArgs::new(BOOTARGS.call_once(|| platform.bootargs.clone()));
-    let level = match args.get("log") {
-        Some(Some(v)) => logger::parse_level(v).unwrap_or_else(|| {
-            println!("bootargs: unknown log level {v:?}, using info");
-            log::LevelFilter::Info
-        }),
-        _ => log::LevelFilter::Info,
+    let config = match BootConfig::parse(&platform.bootargs) {
+        Ok(c) => CONFIG.call_once(|| c),
+        Err(e) => boot_error(&alloc::format!("{e} in {:?}", platform.bootargs)),
     };
-    logger::init(level);
+    logger::init(config.log);
     exit::set_psci_conduit(match platform.psci.conduit {
         platform::Conduit::Hvc => cpu::Conduit::Hvc,
         platform::Conduit::Smc => cpu::Conduit::Smc,
@@ -87,12 +86,8 @@ pub unsafe fn kernel_init(dtb_pa: u64, image_pa: u64, entry_el: u64) -> ! {
     }
     info!(
         "device tree at {dtb_pa:#x} ({} bytes), bootargs {:?}",
-        platform.dtb_size,
-        args.raw()
+        platform.dtb_size, platform.bootargs
     );
-    for key in args.unknown_keys() {
-        warn!("bootargs: unknown key {key:?} ignored");
-    }
 
     init_memory(platform, dtb_pa, image_pa);
     platform.log_summary();
@@ -108,19 +103,17 @@ pub unsafe fn kernel_init(dtb_pa: u64, image_pa: u64, entry_el: u64) -> ! {
     if let Err(e) = mm::context::init(cpus) {
         boot_error(&alloc::format!("address spaces: {e}"));
     }
-    match mm::tlb::secondary::init_from_bootargs(args.raw()) {
-        Ok(mode) => info!("secondary TLB notifications: {mode:?}"),
-        Err(e) => boot_error(&alloc::format!("bootargs: {e}")),
-    }
+    mm::tlb::secondary::set_mode(config.secondary_tlb);
+    info!("secondary TLB notifications: {:?}", config.secondary_tlb);
     cpu::irq_enable();
-    init_pci(platform, &args);
+    init_pci(platform, config);
     info!(
         "boot took {} us",
         (crate::time::now_ns() - boot_start_ns) / 1000
     );
 
-    match args.get("ktest") {
-        Some(filter) => crate::ktest::run(filter.unwrap_or("")),
+    match &config.ktest {
+        Some(filter) => crate::ktest::run(filter),
         None => crate::demo::main(),
     }
 }
@@ -234,7 +227,7 @@ fn init_interrupts(platform: &Platform) {
     }
 }
 
-fn init_pci(platform: &Platform, args: &BootArgs<'_>) {
+fn init_pci(platform: &Platform, config: &BootConfig) {
     let Some(host) = platform.pcie.clone() else {
         warn!("no PCIe host bridge in the device tree: no DMA devices");
         return;
@@ -248,12 +241,12 @@ fn init_pci(platform: &Platform, args: &BootArgs<'_>) {
         )
     };
     drivers::pci::init(host, ecam);
-    let config = drivers::edu::EduConfig::from_bootargs(args)
-        .unwrap_or_else(|e| boot_error(&alloc::format!("bootargs: {e}")));
-    drivers::edu::init(config);
+    drivers::edu::init(drivers::edu::EduConfig::with_completion(
+        config.edu_completion,
+    ));
     // The SMMU comes up after enumeration (which never sets Bus Master Enable) and before any
     // driver may enable DMA.
-    match crate::iommu::init(platform, args) {
+    match crate::iommu::init(platform, config) {
         Ok(_) => {}
         Err(crate::iommu::IommuError::NoSmmu) => {
             warn!("no SMMUv3 in the device tree: DMA devices stay disabled (no Bus Master Enable)")

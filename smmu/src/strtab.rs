@@ -57,6 +57,23 @@ pub enum StrtabFormat {
     TwoLevel,
 }
 
+/// Parses `linear` or `2level` (the kernel's `smmu.strtab` boot argument).
+impl core::str::FromStr for StrtabFormat {
+    type Err = UnknownStrtabFormat;
+
+    fn from_str(s: &str) -> Result<Self, UnknownStrtabFormat> {
+        match s {
+            "linear" => Ok(Self::Linear),
+            "2level" => Ok(Self::TwoLevel),
+            _ => Err(UnknownStrtabFormat),
+        }
+    }
+}
+
+/// A stream-table format name other than `linear` or `2level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownStrtabFormat;
+
 /// Stream table failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StrtabError {

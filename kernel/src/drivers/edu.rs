@@ -300,16 +300,22 @@ pub enum Completion {
     Poll,
 }
 
-impl Completion {
-    /// Parse the value of `edu.completion`.
-    pub fn from_bootarg(value: &str) -> Option<Self> {
+/// Parses the value of `edu.completion` (`irq` or `poll`).
+impl core::str::FromStr for Completion {
+    type Err = UnknownCompletion;
+
+    fn from_str(value: &str) -> Result<Self, UnknownCompletion> {
         match value {
-            "irq" => Some(Self::Irq),
-            "poll" => Some(Self::Poll),
-            _ => None,
+            "irq" => Ok(Self::Irq),
+            "poll" => Ok(Self::Poll),
+            _ => Err(UnknownCompletion),
         }
     }
 }
+
+/// A completion mode other than `irq` or `poll`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownCompletion;
 
 impl fmt::Display for Completion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -336,19 +342,12 @@ pub struct EduConfig {
 }
 
 impl EduConfig {
-    /// The default settings with the completion mode from boot argument `edu.completion`
-    /// (`irq` when absent); an unknown value is an error naming it.
-    pub fn from_bootargs(args: &crate::bootargs::BootArgs<'_>) -> Result<Self, &'static str> {
-        let completion = match args.get("edu.completion") {
-            None => Completion::Irq,
-            Some(value) => value
-                .and_then(Completion::from_bootarg)
-                .ok_or("edu.completion must be irq or poll")?,
-        };
-        Ok(Self {
+    /// The default settings with this completion mode.
+    pub fn with_completion(completion: Completion) -> Self {
+        Self {
             completion,
             ..Self::default()
-        })
+        }
     }
 }
 

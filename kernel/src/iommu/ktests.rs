@@ -277,21 +277,19 @@ fn table_format() -> TestResult {
     let iommu = iommu()?;
     let smmu = iommu.smmu();
     let layout = smmu.strtab_layout().map_err(|e| format!("{e}"))?;
-    let requested = crate::init::bootargs().get("smmu.strtab").flatten();
+    let requested = crate::init::config().smmu_strtab;
     let expected = match requested {
-        Some("linear") => StrtabFormat::Linear,
-        Some("2level") => StrtabFormat::TwoLevel,
+        Some(format) => format,
         None if smmu.features().two_level_strtab && layout.sid_bits > smmu::strtab::SPLIT => {
             StrtabFormat::TwoLevel
         }
         None => StrtabFormat::Linear,
-        Some(other) => return Err(format!("unexpected smmu.strtab={other}").into()),
     };
     log::info!(
-        "stream table: {:?}, {} StreamID bits (smmu.strtab={})",
+        "stream table: {:?}, {} StreamID bits (smmu.strtab={:?})",
         layout.format,
         layout.sid_bits,
-        requested.unwrap_or("<default>")
+        requested
     );
     kassert_eq!(
         layout.format,

@@ -13,7 +13,7 @@ pub mod hal;
 mod ktests;
 
 use crate::{
-    bootargs::BootArgs,
+    bootargs::BootConfig,
     cpu,
     drivers::{
         dma::{DmaFault, DmaFaultKind, DmaFaultSource, DmaWindow, FaultWatch},
@@ -30,7 +30,7 @@ use crate::{
     },
     platform::Platform,
 };
-use alloc::{string::String, sync::Arc, vec::Vec};
+use alloc::{sync::Arc, vec::Vec};
 use core::{
     fmt,
     sync::atomic::{AtomicU64, Ordering},
@@ -38,7 +38,7 @@ use core::{
 use hal::KernelSmmuHal;
 use smmu::{
     CdParams, CounterSnapshot, CpuMmuConfig, Event, EventType, FlushKind, Granule, Smmu,
-    SmmuConfig, SmmuError, StrtabFormat,
+    SmmuConfig, SmmuError,
 };
 use spin::{Mutex, Once};
 
@@ -47,8 +47,6 @@ use spin::{Mutex, Once};
 pub enum IommuError {
     /// The device tree has no `arm,smmu-v3` node.
     NoSmmu,
-    /// A bootarg value is not understood.
-    BadBootarg(String),
     /// The SMMU driver refused or failed.
     Smmu(SmmuError),
     /// The address space could not be shared.
@@ -72,7 +70,6 @@ impl fmt::Display for IommuError {
                 f,
                 "no SMMUv3 in the device tree (compatible \"arm,smmu-v3\")"
             ),
-            Self::BadBootarg(s) => write!(f, "bootargs: {s}"),
             Self::Smmu(e) => write!(f, "SMMU: {e}"),
             Self::AddressSpace(e) => write!(f, "address space: {e}"),
             Self::Irq(e) => write!(f, "SMMU interrupts: {e}"),
@@ -179,19 +176,8 @@ fn cpu_mmu_config(platform: &Platform) -> CpuMmuConfig {
 
 /// Probe and enable the SMMU described by the device tree, before any device may DMA (QEMU 7.2
 /// has no GBPA: a disabled SMMU lets DMA through untranslated). Every STE starts as abort.
-pub fn init(platform: &Platform, args: &BootArgs<'_>) -> Result<&'static Iommu, IommuError> {
+pub fn init(platform: &Platform, config: &BootConfig) -> Result<&'static Iommu, IommuError> {
     let node = platform.smmu.as_ref().ok_or(IommuError::NoSmmu)?;
-    let strtab_format = match args.get("smmu.strtab") {
-        None => None,
-        Some(Some("linear")) => Some(StrtabFormat::Linear),
-        Some(Some("2level")) => Some(StrtabFormat::TwoLevel),
-        Some(other) => {
-            return Err(IommuError::BadBootarg(alloc::format!(
-                "smmu.strtab={} (expected linear or 2level)",
-                other.unwrap_or("")
-            )));
-        }
-    };
     // SAFETY: kernel_map::init mapped the SMMU's register frame (from the device tree) as
     // device memory in the linear window; only this driver uses it.
     let hal = unsafe { KernelSmmuHal::new(PhysAddr(node.reg.base).to_virt().0 as usize) };
@@ -201,12 +187,11 @@ pub fn init(platform: &Platform, args: &BootArgs<'_>) -> Result<&'static Iommu, 
     smmu.features()
         .check_sva(&cpu)
         .map_err(|e| IommuError::Smmu(SmmuError::Cd(smmu::cd::CdError::Sva(e))))?;
-    TRACE_MARKS.store(args.has("smmu.trace_marks"), Ordering::Relaxed);
-    let config = SmmuConfig {
-        strtab_format,
+    TRACE_MARKS.store(config.smmu_trace_marks, Ordering::Relaxed);
+    smmu.init(&SmmuConfig {
+        strtab_format: config.smmu_strtab,
         ..SmmuConfig::default()
-    };
-    smmu.init(&config)?;
+    })?;
     smmu.check_invariants()
         .map_err(|e| IommuError::Smmu(SmmuError::Invariant(e)))?;
     let iommu = IOMMU.call_once(|| Iommu {

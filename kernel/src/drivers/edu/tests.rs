@@ -614,17 +614,16 @@ fn command_encoding() {
 }
 
 #[test]
-fn completion_from_bootarg() {
-    use crate::bootargs::BootArgs;
-    assert_eq!(Completion::from_bootarg("irq"), Some(Completion::Irq));
-    assert_eq!(Completion::from_bootarg("poll"), Some(Completion::Poll));
-    assert_eq!(Completion::from_bootarg("IRQ"), None);
+fn completion_parses_and_prints() {
+    assert_eq!("irq".parse(), Ok(Completion::Irq));
+    assert_eq!("poll".parse(), Ok(Completion::Poll));
+    assert_eq!("IRQ".parse::<Completion>(), Err(UnknownCompletion));
     assert_eq!(Completion::Poll.to_string(), "poll");
-    let from = |raw| EduConfig::from_bootargs(&BootArgs::new(raw)).map(|c| c.completion);
-    assert_eq!(from("ktest"), Ok(Completion::Irq));
-    assert_eq!(from("edu.completion=poll"), Ok(Completion::Poll));
-    assert!(from("edu.completion=fast").is_err());
-    assert!(from("edu.completion").is_err());
+    assert_eq!(
+        EduConfig::with_completion(Completion::Poll).completion,
+        Completion::Poll
+    );
+    assert_eq!(EduConfig::default().completion, Completion::Irq);
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@
 //!
 //! # Modes
 //!
-//! A global [`SecondaryTlbMode`], set from the `secondary_tlb=` boot argument, exists so tests
+//! A global [`SecondaryTlbMode`], set at boot from the `secondary_tlb=` boot argument
+//! ([`crate::bootargs::BootConfig`]), exists so tests
 //! and demos can run negative controls:
 //!
 //! - `sync` (default, correct): every flush is also sent to every secondary TLB.
@@ -222,35 +223,23 @@ impl fmt::Display for SecondaryTlbMode {
     }
 }
 
-/// An unknown `secondary_tlb=` value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParseModeError(pub String);
+/// A notifier mode other than `sync`, `legacy` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownMode;
 
-impl fmt::Display for ParseModeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown secondary_tlb mode {:?} (expected sync, legacy or off)",
-            self.0
-        )
-    }
-}
-
+/// Parses the boot-argument spelling ([`SecondaryTlbMode::as_str`]).
 impl FromStr for SecondaryTlbMode {
-    type Err = ParseModeError;
+    type Err = UnknownMode;
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
+    fn from_str(s: &str) -> Result<Self, UnknownMode> {
         match s {
             "sync" => Ok(SecondaryTlbMode::Sync),
             "legacy" => Ok(SecondaryTlbMode::Legacy),
             "off" => Ok(SecondaryTlbMode::Off),
-            other => Err(ParseModeError(String::from(other))),
+            _ => Err(UnknownMode),
         }
     }
 }
-
-/// Boot-argument key.
-pub const BOOTARG_KEY: &str = "secondary_tlb";
 
 static MODE: AtomicU8 = AtomicU8::new(SecondaryTlbMode::Sync as u8);
 
@@ -262,37 +251,6 @@ pub fn set_mode(mode: SecondaryTlbMode) {
 /// The global mode.
 pub fn mode() -> SecondaryTlbMode {
     SecondaryTlbMode::from_u8(MODE.load(Ordering::Acquire))
-}
-
-/// Finds `secondary_tlb=<mode>` among the whitespace-separated words of a command line (the last
-/// occurrence wins, as with Linux boot parameters).
-///
-/// # Errors
-///
-/// [`ParseModeError`] if the key is present with an unknown value.
-pub fn parse_bootargs(cmdline: &str) -> Result<Option<SecondaryTlbMode>, ParseModeError> {
-    let mut found = None;
-    for word in cmdline.split_ascii_whitespace() {
-        if let Some((key, value)) = word.split_once('=')
-            && key == BOOTARG_KEY
-        {
-            found = Some(value.parse()?);
-        }
-    }
-    Ok(found)
-}
-
-/// Parses the command line and sets the global mode if the key is present; returns the mode in
-/// effect afterwards.
-///
-/// # Errors
-///
-/// [`ParseModeError`] for an unknown value (the mode is then left unchanged).
-pub fn init_from_bootargs(cmdline: &str) -> Result<SecondaryTlbMode, ParseModeError> {
-    if let Some(m) = parse_bootargs(cmdline)? {
-        set_mode(m);
-    }
-    Ok(mode())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -495,36 +453,7 @@ mod tests {
     };
 
     #[test]
-    fn parse_modes_and_bootargs() {
-        assert_eq!("sync".parse(), Ok(SecondaryTlbMode::Sync));
-        assert_eq!("legacy".parse(), Ok(SecondaryTlbMode::Legacy));
-        assert_eq!("off".parse(), Ok(SecondaryTlbMode::Off));
-        assert_eq!(
-            "Sync".parse::<SecondaryTlbMode>(),
-            Err(ParseModeError("Sync".into()))
-        );
-        assert_eq!(parse_bootargs(""), Ok(None));
-        assert_eq!(parse_bootargs("console=ttyAMA0 quiet"), Ok(None));
-        assert_eq!(
-            parse_bootargs("console=ttyAMA0 secondary_tlb=legacy quiet"),
-            Ok(Some(SecondaryTlbMode::Legacy))
-        );
-        assert_eq!(
-            parse_bootargs("secondary_tlb=off\tsecondary_tlb=sync"),
-            Ok(Some(SecondaryTlbMode::Sync))
-        );
-        assert_eq!(
-            parse_bootargs("xsecondary_tlb=off secondary_tlbs=off"),
-            Ok(None)
-        );
-        assert_eq!(
-            parse_bootargs("secondary_tlb="),
-            Err(ParseModeError(String::new()))
-        );
-        assert_eq!(
-            parse_bootargs("secondary_tlb=lazy"),
-            Err(ParseModeError("lazy".into()))
-        );
+    fn parse_modes() {
         for m in [
             SecondaryTlbMode::Sync,
             SecondaryTlbMode::Legacy,
@@ -532,6 +461,8 @@ mod tests {
         ] {
             assert_eq!(m.as_str().parse(), Ok(m));
         }
+        assert_eq!("Sync".parse::<SecondaryTlbMode>(), Err(UnknownMode));
+        assert_eq!("".parse::<SecondaryTlbMode>(), Err(UnknownMode));
     }
 
     #[test]
@@ -545,17 +476,8 @@ mod tests {
     /// The only test that touches the global mode (every other test uses per-list overrides).
     #[test]
     fn global_mode_and_override() {
-        assert_eq!(
-            init_from_bootargs("a=b secondary_tlb=legacy"),
-            Ok(SecondaryTlbMode::Legacy)
-        );
+        set_mode(SecondaryTlbMode::Legacy);
         assert_eq!(mode(), SecondaryTlbMode::Legacy);
-        assert!(init_from_bootargs("secondary_tlb=nope").is_err());
-        assert_eq!(
-            mode(),
-            SecondaryTlbMode::Legacy,
-            "a bad value leaves the mode alone"
-        );
         let list = SecondaryTlbs::new();
         assert_eq!(list.effective_mode(), SecondaryTlbMode::Legacy);
         list.set_mode_override(Some(SecondaryTlbMode::Off));
@@ -564,7 +486,6 @@ mod tests {
         assert_eq!(list.effective_mode(), SecondaryTlbMode::Off);
         list.set_mode_override(None);
         assert_eq!(list.effective_mode(), SecondaryTlbMode::Sync);
-        assert_eq!(init_from_bootargs("quiet"), Ok(SecondaryTlbMode::Sync));
     }
 
     #[test]
