@@ -247,7 +247,12 @@ fn init_pci(platform: &Platform, config: &BootConfig) {
     // The SMMU comes up after enumeration (which never sets Bus Master Enable) and before any
     // driver may enable DMA.
     match crate::iommu::init(platform, config) {
-        Ok(_) => {}
+        // Each driver brackets its transfers with the IOMMU's fault reports.
+        Ok(iommu) => {
+            for edu in drivers::edu::devices() {
+                edu.set_fault_source(Some(iommu));
+            }
+        }
         Err(crate::iommu::IommuError::NoSmmu) => {
             warn!("no SMMUv3 in the device tree: DMA devices stay disabled (no Bus Master Enable)")
         }

@@ -12,6 +12,26 @@
 
 use core::fmt;
 
+/// A device that masters the bus: what the IOMMU glue needs to let it DMA through the SMMU
+/// and to cut it off again.
+pub trait BusMaster: Send + Sync {
+    /// The StreamID its DMA carries (None: not behind an IOMMU).
+    fn stream_id(&self) -> Option<u32>;
+
+    /// Lets the device issue memory requests (PCI: Bus Master Enable on it and its bridges).
+    ///
+    /// # Safety
+    ///
+    /// The SMMU must be enabled and hold a valid stream table entry for
+    /// [`stream_id`](Self::stream_id) — translating through page tables the caller controls, or
+    /// aborting — until [`disable_dma`](Self::disable_dma) returns: an SMMU without GBPA (QEMU
+    /// 7.2) lets a disabled or unconfigured stream's DMA reach any RAM.
+    unsafe fn enable_dma(&self);
+
+    /// Stops the device's memory requests (fail closed).
+    fn disable_dma(&self);
+}
+
 /// The class of an SMMU fault event (Arm IHI 0070, §7.3 "Event records"), as the glue decodes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DmaFaultKind {

@@ -42,7 +42,7 @@
 
 use crate::{
     drivers::{
-        dma::{DmaFault, DmaFaultSource, DmaWindow},
+        dma::{BusMaster, DmaFault, DmaFaultSource, DmaWindow},
         mmio::MmioBlock,
         pci::{self, ConfigSpace, PciDevice, config, intx},
     },
@@ -1287,6 +1287,21 @@ impl<R: EduRegs + 'static> Edu<R> {
         .map_err(|error| EduError::Irq { bdf, error })?;
         *slot = Some(handle);
         Ok(())
+    }
+}
+
+impl<R: EduRegs> BusMaster for Edu<R> {
+    fn stream_id(&self) -> Option<u32> {
+        Edu::stream_id(self)
+    }
+
+    unsafe fn enable_dma(&self) {
+        // SAFETY: the trait's contract is this method's.
+        unsafe { Edu::enable_dma(self) }
+    }
+
+    fn disable_dma(&self) {
+        Edu::disable_dma(self)
     }
 }
 

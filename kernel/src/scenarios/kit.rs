@@ -188,7 +188,7 @@ impl Rig {
         let scratch = Frames::page()?;
         map(&space, scratch_va, scratch.pa(0), 1, Perms::RW)?;
         let attachment = iommu
-            .attach(&edu, &space)
+            .attach(edu.clone(), &space)
             .map_err(|e| format!("attach {}: {e}", edu.bdf()))?;
         Ok(Self {
             space,

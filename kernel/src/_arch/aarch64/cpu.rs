@@ -145,6 +145,20 @@ pub fn semihosting_exit(code: u32) {
     }
 }
 
+/// The CPU's physical address size in bits, from ID_AA64MMFR0_EL1.PARange (Arm ARM D19.2.64:
+/// 0b0000 = 32 bits ... 0b0101 = 48, 0b0110 = 52).
+pub fn pa_range_bits() -> u8 {
+    match ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange) {
+        0 => 32,
+        1 => 36,
+        2 => 40,
+        3 => 42,
+        4 => 44,
+        5 => 48,
+        _ => 52,
+    }
+}
+
 /// The current exception level (1 after the boot stub).
 pub fn current_el() -> u64 {
     CurrentEL.read(CurrentEL::EL)
