@@ -12,8 +12,6 @@
 //! - On-target tests are registered with [`ktest!`] next to the code they test and run by
 //!   [`ktest::run`]; the host harness in `tests/` boots the image and reads their results.
 #![cfg_attr(not(test), no_std)]
-#![deny(unsafe_op_in_unsafe_fn)]
-#![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 

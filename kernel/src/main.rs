@@ -15,8 +15,25 @@ unsafe extern "C" fn kernel_init(dtb_pa: u64, image_pa: u64, entry_el: u64) -> !
     unsafe { kernel::init::kernel_init(dtb_pa, image_pa, entry_el) }
 }
 
+/// On the host, `cargo run -p kernel [-- BOOTARGS]` lands here: build the image for the
+/// bare-metal target with the same profile and boot it through the target's cargo runner
+/// (`scripts/qemu-run`), exiting with the kernel's status.
 #[cfg(not(target_os = "none"))]
 fn main() {
-    eprintln!("the kernel runs only on aarch64-unknown-none: use scripts/run");
-    std::process::exit(2);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let release = !cfg!(debug_assertions);
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["run", "-p", "kernel", "--bin", "kernel"])
+        .args(["--target", "aarch64-unknown-none"]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.arg("--").args(std::env::args_os().skip(1));
+    match cmd.status() {
+        Ok(status) => std::process::exit(status.code().unwrap_or(1)),
+        Err(e) => {
+            eprintln!("kernel: cannot run cargo for aarch64-unknown-none: {e}");
+            std::process::exit(2);
+        }
+    }
 }
