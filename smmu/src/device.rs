@@ -58,7 +58,7 @@ use crate::{
     hal::{DmaError, DmaRegion, SmmuHal, poll_until},
     planner::{FlushKind, FlushPlan, PlanError, PlannerConfig},
     queue::QueueGeometry,
-    regs::{CR0, CR1, CR2, GBPA, IRQ_CTRL, Reg32, Registers, offset},
+    regs::{self, CR0, CR1, CR2, GBPA, IRQ_CTRL, Reg32, Registers, offset},
     stats::{CounterSnapshot, Counters},
     ste::{self, SteConfig, SteState},
     strtab::{StreamTable, StrtabError, StrtabFormat, StrtabLayout},
@@ -114,30 +114,36 @@ impl Default for SmmuConfig {
     }
 }
 
+/// The bit of one `GERROR` field: the register layout ([`regs::GERROR`]) is the one
+/// description of these bits.
+const fn gerror_bit(field: tock_registers::fields::Field<u32, regs::GERROR::Register>) -> u32 {
+    field.mask << field.shift
+}
+
 bitflags! {
-    /// `GERROR` bits (§6.3.19).
+    /// A set of `GERROR` bits (§6.3.19), as [`Smmu::handle_gerror`] reports them.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct GlobalErrors: u32 {
-        /// Command queue error.
-        const CMDQ_ERR = 1 << 0;
-        /// Event queue write abort (QEMU: event queue overflow).
-        const EVENTQ_ABT_ERR = 1 << 2;
-        /// PRI queue write abort.
-        const PRIQ_ABT_ERR = 1 << 3;
-        /// CMD_SYNC MSI abort.
-        const MSI_CMDQ_ABT_ERR = 1 << 4;
-        /// Event queue MSI abort.
-        const MSI_EVENTQ_ABT_ERR = 1 << 5;
-        /// PRI queue MSI abort.
-        const MSI_PRIQ_ABT_ERR = 1 << 6;
-        /// GERROR MSI abort.
-        const MSI_GERROR_ABT_ERR = 1 << 7;
-        /// Service failure mode.
-        const SFM_ERR = 1 << 8;
-        /// Command queue control page error.
-        const CMDQP_ERR = 1 << 9;
-        /// Device permission table error.
-        const DPT_ERR = 1 << 10;
+        /// [`GERROR::CMDQ_ERR`](regs::GERROR::CMDQ_ERR).
+        const CMDQ_ERR = gerror_bit(regs::GERROR::CMDQ_ERR);
+        /// [`GERROR::EVENTQ_ABT_ERR`](regs::GERROR::EVENTQ_ABT_ERR).
+        const EVENTQ_ABT_ERR = gerror_bit(regs::GERROR::EVENTQ_ABT_ERR);
+        /// [`GERROR::PRIQ_ABT_ERR`](regs::GERROR::PRIQ_ABT_ERR).
+        const PRIQ_ABT_ERR = gerror_bit(regs::GERROR::PRIQ_ABT_ERR);
+        /// [`GERROR::MSI_CMDQ_ABT_ERR`](regs::GERROR::MSI_CMDQ_ABT_ERR).
+        const MSI_CMDQ_ABT_ERR = gerror_bit(regs::GERROR::MSI_CMDQ_ABT_ERR);
+        /// [`GERROR::MSI_EVENTQ_ABT_ERR`](regs::GERROR::MSI_EVENTQ_ABT_ERR).
+        const MSI_EVENTQ_ABT_ERR = gerror_bit(regs::GERROR::MSI_EVENTQ_ABT_ERR);
+        /// [`GERROR::MSI_PRIQ_ABT_ERR`](regs::GERROR::MSI_PRIQ_ABT_ERR).
+        const MSI_PRIQ_ABT_ERR = gerror_bit(regs::GERROR::MSI_PRIQ_ABT_ERR);
+        /// [`GERROR::MSI_GERROR_ABT_ERR`](regs::GERROR::MSI_GERROR_ABT_ERR).
+        const MSI_GERROR_ABT_ERR = gerror_bit(regs::GERROR::MSI_GERROR_ABT_ERR);
+        /// [`GERROR::SFM_ERR`](regs::GERROR::SFM_ERR).
+        const SFM_ERR = gerror_bit(regs::GERROR::SFM_ERR);
+        /// [`GERROR::CMDQP_ERR`](regs::GERROR::CMDQP_ERR).
+        const CMDQP_ERR = gerror_bit(regs::GERROR::CMDQP_ERR);
+        /// [`GERROR::DPT_ERR`](regs::GERROR::DPT_ERR).
+        const DPT_ERR = gerror_bit(regs::GERROR::DPT_ERR);
     }
 }
 

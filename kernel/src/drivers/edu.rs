@@ -51,6 +51,7 @@ use crate::{
 use alloc::{sync::Arc, vec::Vec};
 use core::{
     fmt,
+    mem::offset_of,
     sync::atomic::{AtomicU32, Ordering},
 };
 use spin::{Mutex, RwLock};
@@ -156,62 +157,62 @@ register_structs! {
     }
 }
 
-/// A 32-bit register (offset below 0x80: 4-byte accesses only).
+/// A 32-bit register of [`EduRegisterBlock`] (offset below 0x80: 4-byte accesses only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reg {
-    /// 0x00, read-only.
+    /// `ID`, read-only.
     Id,
-    /// 0x04.
+    /// `LIVENESS`.
     Liveness,
-    /// 0x08.
+    /// `FACTORIAL`.
     Factorial,
-    /// 0x20.
+    /// `STATUS`.
     Status,
-    /// 0x24, read-only.
+    /// `IRQ_STATUS`, read-only.
     IrqStatus,
-    /// 0x60, write-only.
+    /// `IRQ_RAISE`, write-only.
     IrqRaise,
-    /// 0x64, write-only.
+    /// `IRQ_ACK`, write-only.
     IrqAck,
 }
 
 impl Reg {
-    /// The register's offset in BAR0.
+    /// The register's offset in BAR0, taken from [`EduRegisterBlock`] (the one layout).
     pub const fn offset(self) -> u32 {
-        match self {
-            Self::Id => 0x00,
-            Self::Liveness => 0x04,
-            Self::Factorial => 0x08,
-            Self::Status => 0x20,
-            Self::IrqStatus => 0x24,
-            Self::IrqRaise => 0x60,
-            Self::IrqAck => 0x64,
-        }
+        (match self {
+            Self::Id => offset_of!(EduRegisterBlock, ID),
+            Self::Liveness => offset_of!(EduRegisterBlock, LIVENESS),
+            Self::Factorial => offset_of!(EduRegisterBlock, FACTORIAL),
+            Self::Status => offset_of!(EduRegisterBlock, STATUS),
+            Self::IrqStatus => offset_of!(EduRegisterBlock, IRQ_STATUS),
+            Self::IrqRaise => offset_of!(EduRegisterBlock, IRQ_RAISE),
+            Self::IrqAck => offset_of!(EduRegisterBlock, IRQ_ACK),
+        }) as u32
     }
 }
 
-/// A 64-bit DMA register (offset 0x80 and up: 8-byte accesses).
+/// A 64-bit DMA register of [`EduRegisterBlock`] (offset 0x80 and up: 8-byte accesses).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DmaReg {
-    /// 0x80.
+    /// `DMA_SRC`.
     Src,
-    /// 0x88.
+    /// `DMA_DST`.
     Dst,
-    /// 0x90.
+    /// `DMA_COUNT`.
     Count,
-    /// 0x98.
+    /// `DMA_CMD`.
     Cmd,
 }
 
 impl DmaReg {
-    /// The register's offset in BAR0.
+    /// The register's offset in BAR0, taken from [`EduRegisterBlock`].
     pub const fn offset(self) -> u32 {
-        match self {
-            Self::Src => 0x80,
-            Self::Dst => 0x88,
-            Self::Count => 0x90,
-            Self::Cmd => 0x98,
-        }
+        (match self {
+            Self::Src => offset_of!(EduRegisterBlock, DMA_SRC),
+            Self::Dst => offset_of!(EduRegisterBlock, DMA_DST),
+            Self::Count => offset_of!(EduRegisterBlock, DMA_COUNT),
+            Self::Cmd => offset_of!(EduRegisterBlock, DMA_CMD),
+        }) as u32
     }
 }
 

@@ -48,10 +48,19 @@ mod global {
     #[global_allocator]
     static HEAP: KernelHeap = KernelHeap(Mutex::new(Heap::new()));
 
-    /// Seed the heap with the static region. Called once, first thing at boot.
+    /// Seed the heap with the static region, first thing at boot.
+    ///
+    /// # Panics
+    ///
+    /// If called a second time: the seed would be handed out twice.
     pub fn init_seed() {
-        // SAFETY: called once before any allocation; the seed region is only ever used by the
-        // heap afterwards.
+        static SEEDED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+        assert!(
+            !SEEDED.swap(true, core::sync::atomic::Ordering::AcqRel),
+            "heap::init_seed called twice: the static seed would be given to the heap twice"
+        );
+        // SAFETY: the swap above lets exactly one call through, so the seed region is added to
+        // the heap once and, being private to this module, used by nothing else afterwards.
         unsafe {
             let start = (&raw mut SEED) as usize;
             HEAP.0.lock().init(start, SEED_SIZE);
