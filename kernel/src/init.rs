@@ -153,8 +153,9 @@ fn init_memory(platform: &Platform, dtb_pa: u64, image_pa: u64) {
     reserved.push(PhysRange::new(image_pa, image_size));
     reserved.push(PhysRange::new(dtb_pa, platform.dtb_size as u64));
     mm::frame::init(&memory, &reserved);
-    let heap = mm::frame::alloc_uninit(HEAP_GROWTH, mm::PAGE_SIZE)
-        .unwrap_or_else(|e| boot_error(&alloc::format!("kernel heap: {e}")));
+    let heap = mm::frame::PhysBlock::uninit(HEAP_GROWTH, mm::PAGE_SIZE)
+        .unwrap_or_else(|e| boot_error(&alloc::format!("kernel heap: {e}")))
+        .leak();
     // SAFETY: the block was just taken from the frame allocator and is mapped in the linear
     // window; the heap owns it from now on.
     unsafe { mm::heap::grow(heap.to_virt().0 as usize, HEAP_GROWTH as usize) };

@@ -119,8 +119,10 @@ pub fn start_secondaries(mpidrs: &[u64], conduit: Conduit) -> Result<usize, SmpE
 }
 
 fn start_one(index: usize, mpidr: u64, conduit: Conduit) -> Result<(), SmpError> {
-    let stack =
-        mm::frame::alloc_zeroed(STACK_SIZE, STACK_SIZE).map_err(|_| SmpError::OutOfMemory)?;
+    // A CPU's stack lives as long as the kernel.
+    let stack = mm::frame::PhysBlock::zeroed(STACK_SIZE, STACK_SIZE)
+        .map_err(|_| SmpError::OutOfMemory)?
+        .leak();
     let block = Box::new(SecondaryBoot {
         ttbr1: cpu::ttbr1(),
         stack_top: stack.add(STACK_SIZE).to_virt().0,

@@ -1,7 +1,7 @@
 //! The kernel's implementation of [`smmu::hal::SmmuHal`]: MMIO through the linear window, DMA
 //! memory from the frame allocator, DSB barriers and the generic timer.
 
-use crate::{cpu, mm, time};
+use crate::{cpu, mm::frame::PhysBlock, time};
 use alloc::collections::BTreeMap;
 use core::ptr::NonNull;
 use smmu::hal::{DmaError, DmaRegion, SmmuHal};
@@ -10,9 +10,9 @@ use spin::Mutex;
 /// Access to one SMMU's register frame and to memory it can read.
 pub struct KernelSmmuHal {
     base: usize,
-    /// `(size, align)` of each live DMA block by physical address: the frame allocator needs
-    /// both back when a block is freed, and a `DmaRegion` carries only its size.
-    blocks: Mutex<BTreeMap<u64, (u64, u64)>>,
+    /// The owners of the live DMA blocks, by physical address: the driver's `DmaRegion`s are
+    /// views of them, returned through `free_dma`.
+    blocks: Mutex<BTreeMap<u64, PhysBlock>>,
 }
 
 impl KernelSmmuHal {
@@ -61,10 +61,10 @@ unsafe impl SmmuHal for KernelSmmuHal {
     }
 
     fn alloc_dma(&self, size: usize, align: usize) -> Result<DmaRegion, DmaError> {
-        let pa = mm::frame::alloc_zeroed(size as u64, align as u64)
-            .map_err(|_| DmaError { size, align })?;
-        self.blocks.lock().insert(pa.0, (size as u64, align as u64));
-        let va = pa.to_virt().0 as *mut u8;
+        let block =
+            PhysBlock::zeroed(size as u64, align as u64).map_err(|_| DmaError { size, align })?;
+        let (pa, va) = (block.pa(), block.ptr(0, size as u64));
+        self.blocks.lock().insert(pa.0, block);
         // SAFETY: the block was just allocated (zeroed, contiguous, aligned) and is mapped
         // read-write in the linear window; the region owns it until free_dma.
         Ok(unsafe { DmaRegion::from_raw_parts(pa.0, NonNull::new(va).expect("linear VA"), size) })
@@ -72,10 +72,10 @@ unsafe impl SmmuHal for KernelSmmuHal {
 
     unsafe fn free_dma(&self, region: DmaRegion) {
         let pa = region.phys_addr();
-        let (size, align) = self.blocks.lock().remove(&pa).unwrap_or_else(|| {
+        let block = self.blocks.lock().remove(&pa).unwrap_or_else(|| {
             panic!("SMMU HAL: freeing DMA block {pa:#x} that it never allocated")
         });
-        mm::frame::free(mm::PhysAddr(pa), size, align);
+        drop(block);
     }
 
     fn publish_barrier(&self) {

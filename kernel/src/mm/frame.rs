@@ -49,11 +49,13 @@ pub struct KernelFrames;
 #[cfg(target_os = "none")]
 impl FrameSource for KernelFrames {
     fn alloc_zeroed_frame(&self) -> Option<PhysAddr> {
-        alloc_frame().ok()
+        PhysBlock::frame().ok().map(|b| b.into_raw().0)
     }
 
     fn free_frame(&self, pa: PhysAddr) {
-        free(pa, PAGE_SIZE, PAGE_SIZE);
+        // SAFETY: the page table gives back exactly the frames `alloc_zeroed_frame` handed out,
+        // once each (FrameSource's contract), all one page with page alignment.
+        drop(unsafe { PhysBlock::from_raw(pa, PAGE_SIZE, PAGE_SIZE) });
     }
 }
 
@@ -191,44 +193,114 @@ mod global {
         FRAMES.lock().add_memory(memory, reserved);
     }
 
-    /// Allocate a zeroed, physically contiguous block of `size` bytes aligned to `align`.
-    ///
-    /// # Errors
-    /// [`FrameError::OutOfMemory`] when no such block is free.
-    pub fn alloc_zeroed(size: u64, align: u64) -> Result<PhysAddr, FrameError> {
-        let pa = alloc_uninit(size, align)?;
-        let len = FrameAllocator::frames_for(size, align) * PAGE_SIZE;
-        // SAFETY: the block was just allocated, so nothing else refers to it, and all RAM is
-        // mapped read-write in the kernel's linear window.
-        unsafe { core::ptr::write_bytes(pa.to_virt().0 as *mut u8, 0, len as usize) };
-        Ok(pa)
-    }
-
-    /// Allocate a physically contiguous block without clearing it (for memory whose users
-    /// initialise it anyway, like the heap: zeroing 32 MiB costs boot time under emulation).
-    ///
-    /// # Errors
-    /// [`FrameError::OutOfMemory`] when no such block is free.
-    pub fn alloc_uninit(size: u64, align: u64) -> Result<PhysAddr, FrameError> {
+    fn alloc_uninit(size: u64, align: u64) -> Result<PhysAddr, FrameError> {
         let was = crate::cpu::irq_save();
         let pa = FRAMES.lock().alloc(size, align);
         crate::cpu::irq_restore(was);
         pa
     }
 
-    /// Allocate one zeroed 4 KiB frame.
-    ///
-    /// # Errors
-    /// [`FrameError::OutOfMemory`] when memory is exhausted.
-    pub fn alloc_frame() -> Result<PhysAddr, FrameError> {
-        alloc_zeroed(PAGE_SIZE, PAGE_SIZE)
+    /// The owner of one physically contiguous block of frames from the global allocator:
+    /// the only way to obtain or return one. Dropping it frees the block (with the size and
+    /// alignment it was allocated with, which the buddy allocator needs back). Blocks that
+    /// live for ever (the heap, CPU stacks) are [`leak`](Self::leak)ed; frames whose owner is
+    /// a data structure tracking raw addresses (page tables) go through
+    /// [`into_raw`](Self::into_raw) / [`from_raw`](Self::from_raw).
+    #[derive(Debug)]
+    pub struct PhysBlock {
+        pa: PhysAddr,
+        size: u64,
+        align: u64,
     }
 
-    /// Free a block from [`alloc_zeroed`] (same `size` and `align`).
-    pub fn free(pa: PhysAddr, size: u64, align: u64) {
-        let was = crate::cpu::irq_save();
-        FRAMES.lock().free(pa, size, align);
-        crate::cpu::irq_restore(was);
+    impl PhysBlock {
+        /// `size` zeroed bytes aligned to `align`.
+        ///
+        /// # Errors
+        /// [`FrameError::OutOfMemory`] when no such block is free.
+        pub fn zeroed(size: u64, align: u64) -> Result<Self, FrameError> {
+            let block = Self::uninit(size, align)?;
+            let len = FrameAllocator::frames_for(size, align) * PAGE_SIZE;
+            // SAFETY: the block was just allocated, so nothing else refers to it, and all RAM
+            // is mapped read-write in the kernel's linear window.
+            unsafe { core::ptr::write_bytes(block.pa.to_virt().0 as *mut u8, 0, len as usize) };
+            Ok(block)
+        }
+
+        /// `size` bytes aligned to `align`, not cleared (for memory its user initialises
+        /// anyway, like the heap: zeroing 32 MiB costs boot time under emulation).
+        ///
+        /// # Errors
+        /// [`FrameError::OutOfMemory`] when no such block is free.
+        pub fn uninit(size: u64, align: u64) -> Result<Self, FrameError> {
+            Ok(Self {
+                pa: alloc_uninit(size, align)?,
+                size,
+                align,
+            })
+        }
+
+        /// One zeroed 4 KiB frame.
+        ///
+        /// # Errors
+        /// [`FrameError::OutOfMemory`] when memory is exhausted.
+        pub fn frame() -> Result<Self, FrameError> {
+            Self::zeroed(PAGE_SIZE, PAGE_SIZE)
+        }
+
+        /// First byte.
+        pub fn pa(&self) -> PhysAddr {
+            self.pa
+        }
+
+        /// Size in bytes, as requested.
+        pub fn size(&self) -> u64 {
+            self.size
+        }
+
+        /// The kernel pointer to `len` bytes at `off`, through the linear window.
+        ///
+        /// # Panics
+        /// If the bytes are not all inside the block.
+        pub fn ptr(&self, off: u64, len: u64) -> *mut u8 {
+            assert!(
+                off.checked_add(len).is_some_and(|end| end <= self.size),
+                "access of {len:#x} bytes at {off:#x} outside a block of {:#x}",
+                self.size
+            );
+            self.pa.add(off).to_virt().0 as *mut u8
+        }
+
+        /// Gives the block up for good; returns its address.
+        pub fn leak(self) -> PhysAddr {
+            let pa = self.pa;
+            core::mem::forget(self);
+            pa
+        }
+
+        /// Hands ownership to a structure that tracks raw addresses; [`from_raw`]
+        /// (Self::from_raw) with the same size and alignment takes it back.
+        pub fn into_raw(self) -> (PhysAddr, u64, u64) {
+            let raw = (self.pa, self.size, self.align);
+            core::mem::forget(self);
+            raw
+        }
+
+        /// Takes back a block given up with [`into_raw`](Self::into_raw).
+        ///
+        /// # Safety
+        /// `(pa, size, align)` must be what `into_raw` returned for a block not taken back yet.
+        pub unsafe fn from_raw(pa: PhysAddr, size: u64, align: u64) -> Self {
+            Self { pa, size, align }
+        }
+    }
+
+    impl Drop for PhysBlock {
+        fn drop(&mut self) {
+            let was = crate::cpu::irq_save();
+            FRAMES.lock().free(self.pa, self.size, self.align);
+            crate::cpu::irq_restore(was);
+        }
     }
 
     /// `(allocated, total)` frames.
@@ -238,7 +310,7 @@ mod global {
     }
 }
 #[cfg(target_os = "none")]
-pub use global::{alloc_frame, alloc_uninit, alloc_zeroed, free, init, usage};
+pub use global::{PhysBlock, init, usage};
 
 #[cfg(test)]
 mod tests {

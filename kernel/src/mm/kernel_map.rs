@@ -190,7 +190,10 @@ mod target {
         }
         cpu::enable_wxn();
 
-        let empty = frame::alloc_frame().map_err(KernelMapError::Frames)?;
+        // The empty TTBR0 table every CPU runs on between address spaces, for ever.
+        let empty = frame::PhysBlock::frame()
+            .map_err(KernelMapError::Frames)?
+            .leak();
         EMPTY_TTBR0.store(empty.0, Ordering::Release);
         enter_cpu();
         Ok(())

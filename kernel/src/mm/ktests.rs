@@ -82,29 +82,25 @@ impl<T, E: fmt::Display> OrFail<T> for Result<T, E> {
 
 /// Physically contiguous frames owned by a test, freed on drop. The kernel reaches them through
 /// the linear window; the tests map them into address spaces.
-struct Frames {
-    pa: PhysAddr,
-    size: u64,
-    align: u64,
-}
+struct Frames(frame::PhysBlock);
 
 impl Frames {
     /// `pages` zeroed frames aligned to `align`.
     fn alloc(pages: u64, align: u64) -> Result<Self, String> {
-        let size = pages * PAGE_SIZE;
-        let pa = frame::alloc_zeroed(size, align).or_fail("frames")?;
-        Ok(Self { pa, size, align })
+        frame::PhysBlock::zeroed(pages * PAGE_SIZE, align)
+            .map(Self)
+            .or_fail("frames")
     }
 
     /// Physical address of page `page`.
     fn pa(&self, page: u64) -> PhysAddr {
-        assert!(page * PAGE_SIZE < self.size);
-        self.pa.add(page * PAGE_SIZE)
+        self.0.ptr(page * PAGE_SIZE, PAGE_SIZE);
+        self.0.pa().add(page * PAGE_SIZE)
     }
 
     fn word(&self, off: u64) -> *mut u64 {
-        assert!(off.is_multiple_of(8) && off + 8 <= self.size);
-        self.pa.add(off).to_virt().0 as *mut u64
+        assert!(off.is_multiple_of(8));
+        self.0.ptr(off, 8) as *mut u64
     }
 
     /// The 64-bit word at byte `off`, read through the linear window.
@@ -124,16 +120,10 @@ impl Frames {
     /// Writes a distinct tag at the start and end of every page: `tag(seed, page)` and its
     /// complement, so a read through the wrong frame or the wrong page shows.
     fn tag_pages(&self, seed: u64) {
-        for page in 0..self.size / PAGE_SIZE {
+        for page in 0..self.0.size() / PAGE_SIZE {
             self.put(page * PAGE_SIZE, tag(seed, page));
             self.put(page * PAGE_SIZE + PAGE_SIZE - 8, !tag(seed, page));
         }
-    }
-}
-
-impl Drop for Frames {
-    fn drop(&mut self) {
-        frame::free(self.pa, self.size, self.align);
     }
 }
 

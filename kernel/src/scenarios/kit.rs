@@ -15,7 +15,8 @@ use crate::{
     mm::{
         PhysAddr, VirtAddr,
         address_space::AddressSpace,
-        context, frame,
+        context,
+        frame::PhysBlock,
         pgtable::{MapAttrs, MemType, Perms},
         tlb::{SecondaryTlbMode, VaRange},
     },
@@ -37,20 +38,16 @@ pub const RETRY_CAP: u32 = 8;
 /// pattern staged with [`Rig::load_device`] (at offset 0, at most this long) survives probes.
 pub const PROBE_OFFSET: u32 = 2048;
 
-/// A physically contiguous block of frames owned by a scenario.
-pub struct Frames {
-    pa: PhysAddr,
-    size: u64,
-    /// The alignment asked for: the allocator sizes the block by it too, so freeing needs it.
-    align: u64,
-}
+/// A physically contiguous block of frames owned by a scenario (a [`PhysBlock`] with
+/// byte-level accessors for checking memory contents).
+pub struct Frames(PhysBlock);
 
 impl Frames {
     /// `pages` zeroed frames, physically contiguous, aligned to `align`.
     pub fn alloc(pages: u64, align: u64) -> Result<Self, String> {
-        let size = pages * crate::mm::PAGE_SIZE;
-        let pa = frame::alloc_zeroed(size, align).map_err(|e| format!("{e}"))?;
-        Ok(Self { pa, size, align })
+        PhysBlock::zeroed(pages * crate::mm::PAGE_SIZE, align)
+            .map(Self)
+            .map_err(|e| format!("{e}"))
     }
 
     /// One zeroed frame.
@@ -60,34 +57,21 @@ impl Frames {
 
     /// Physical address of byte `off`.
     pub fn pa(&self, off: u64) -> PhysAddr {
-        assert!(
-            off < self.size,
-            "offset {off:#x} outside a block of {:#x}",
-            self.size
-        );
-        self.pa.add(off)
-    }
-
-    fn ptr(&self, off: u64, len: usize) -> *mut u8 {
-        assert!(
-            off + len as u64 <= self.size,
-            "access outside a block of {:#x}",
-            self.size
-        );
-        self.pa.add(off).to_virt().0 as *mut u8
+        self.0.ptr(off, 1);
+        self.0.pa().add(off)
     }
 
     /// Fill `len` bytes at `off` with `byte` (through the kernel's linear map).
     pub fn fill(&self, off: u64, len: usize, byte: u8) {
-        let p = self.ptr(off, len);
-        // SAFETY: the block is owned by this value and mapped RW in the linear window; volatile
-        // because a device reads it behind the compiler's back.
+        let p = self.0.ptr(off, len as u64);
+        // SAFETY: the block is owned by this value and mapped RW in the linear window (`ptr`
+        // checked the bounds); volatile because a device reads it behind the compiler's back.
         unsafe { (0..len).for_each(|i| p.add(i).write_volatile(byte)) };
     }
 
     /// Copy `data` in at `off` (through the kernel's linear map).
     pub fn write(&self, off: u64, data: &[u8]) {
-        let p = self.ptr(off, data.len());
+        let p = self.0.ptr(off, data.len() as u64);
         // SAFETY: as in `fill`.
         unsafe {
             data.iter()
@@ -98,7 +82,7 @@ impl Frames {
 
     /// Copy `len` bytes at `off` out.
     pub fn read(&self, off: u64, len: usize) -> Vec<u8> {
-        let p = self.ptr(off, len);
+        let p = self.0.ptr(off, len as u64);
         // SAFETY: as in `fill`; volatile because a device writes it.
         (0..len)
             .map(|i| unsafe { p.add(i).read_volatile() })
@@ -114,12 +98,6 @@ impl Frames {
     pub fn describe(&self, off: u64) -> String {
         let b = self.read(off, 4);
         format!("{:02x} {:02x} {:02x} {:02x}", b[0], b[1], b[2], b[3])
-    }
-}
-
-impl Drop for Frames {
-    fn drop(&mut self) {
-        frame::free(self.pa, self.size, self.align);
     }
 }
 
