@@ -4,21 +4,7 @@
 use crate::cpu::{self, Conduit};
 use core::sync::atomic::{AtomicU8, Ordering};
 
-/// Exit statuses of the kernel, as seen by QEMU's caller.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum ExitStatus {
-    /// Everything passed / the main job completed.
-    Success = 0,
-    /// At least one on-target test failed.
-    TestsFailed = 1,
-    /// The boot could not complete (e.g. no device tree, a required device missing).
-    BootError = 3,
-    /// A Rust panic.
-    Panic = 101,
-    /// An unexpected exception (abort, undefined instruction, SError, ...).
-    UnexpectedException = 102,
-}
+pub use protocol::exit::ExitStatus;
 
 /// PSCI function IDs (Arm DEN 0022, SMC32 calling convention).
 const PSCI_SYSTEM_OFF: u32 = 0x8400_0008;

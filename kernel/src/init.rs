@@ -263,6 +263,6 @@ fn init_pci(platform: &Platform, config: &BootConfig) {
 
 /// Report an unrecoverable boot problem and exit with [`ExitStatus::BootError`].
 pub fn boot_error(what: &str) -> ! {
-    println!("BOOT ERROR: {what}");
+    println!("{} {what}", protocol::console::BOOT_ERROR);
     exit::exit(ExitStatus::BootError)
 }

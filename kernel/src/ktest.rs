@@ -8,7 +8,7 @@
 //! Output contract, read by the host harness (tests/): per test, any failure reason first,
 //! then exactly one line `test <module::name> ... ok`, `test <module::name> ... FAILED` or
 //! `test <module::name> ... skipped (<what it needs>)`; finally `N passed, N failed` (followed
-//! by `, N skipped` when tests were skipped). The exit status is 0 iff nothing failed. A panic
+//! by `, N skipped` when tests were skipped) — the lines of [`protocol::console`]. The exit status is 0 iff nothing failed. A panic
 //! inside a test prints `test <name> ... FAILED` from the panic handler before the panic exit.
 
 use alloc::string::String;
@@ -142,6 +142,7 @@ mod runner {
     use crate::{exit, println, time};
     use alloc::vec::Vec;
     use core::sync::atomic::{AtomicPtr, Ordering};
+    use protocol::console::{Summary, TestLine, Verdict};
 
     unsafe extern "C" {
         static __ktests_start: u8;
@@ -201,18 +202,36 @@ mod runner {
                 Ok(()) => {
                     passed += 1;
                     log::debug!("{} took {} ms", test.name, ms);
-                    println!("test {} ... ok", test.name);
+                    println!(
+                        "{}",
+                        TestLine {
+                            name: test.name,
+                            verdict: Verdict::Ok
+                        }
+                    );
                 }
                 Err(super::TestFailure::Skipped(what)) => {
                     skipped += 1;
-                    println!("test {} ... skipped ({what})", test.name);
+                    println!(
+                        "{}",
+                        TestLine {
+                            name: test.name,
+                            verdict: Verdict::Skipped(what)
+                        }
+                    );
                 }
                 Err(super::TestFailure::Failed(reason)) => {
                     failed += 1;
                     for line in reason.lines() {
                         println!("    {line}");
                     }
-                    println!("test {} ... FAILED", test.name);
+                    println!(
+                        "{}",
+                        TestLine {
+                            name: test.name,
+                            verdict: Verdict::Failed
+                        }
+                    );
                 }
             }
         }
@@ -221,11 +240,14 @@ mod runner {
             "on-target suite time: {} ms",
             (time::now_ns() - suite_start) / 1_000_000
         );
-        if skipped == 0 {
-            println!("{passed} passed, {failed} failed");
-        } else {
-            println!("{passed} passed, {failed} failed, {skipped} skipped");
-        }
+        println!(
+            "{}",
+            Summary {
+                passed,
+                failed,
+                skipped
+            }
+        );
         exit::exit(if failed == 0 {
             exit::ExitStatus::Success
         } else {

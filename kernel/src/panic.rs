@@ -2,6 +2,7 @@
 
 use crate::{exit, ktest, println};
 use core::sync::atomic::{AtomicBool, Ordering};
+use protocol::console;
 
 static PANICKING: AtomicBool = AtomicBool::new(false);
 
@@ -11,9 +12,20 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         // A panic while reporting a panic: leave without formatting anything.
         exit::exit(exit::ExitStatus::Panic);
     }
-    println!("\n*** PANIC on CPU {}: {}", crate::cpu::index(), info);
+    println!(
+        "\n{} on CPU {}: {}",
+        console::PANIC,
+        crate::cpu::index(),
+        info
+    );
     if let Some(test) = ktest::current() {
-        println!("test {test} ... FAILED");
+        println!(
+            "{}",
+            console::TestLine {
+                name: test,
+                verdict: console::Verdict::Failed
+            }
+        );
     }
     exit::exit(exit::ExitStatus::Panic)
 }

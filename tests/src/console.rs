@@ -1,12 +1,13 @@
 //! Parser for the on-target runner's console output: text in, structure out.
 //!
-//! The contract (kernel/src/ktest.rs): per test, the failure reasons (indented lines) first if
-//! it failed, then exactly one line `test <module::name> ... ok`, `test <module::name> ...
-//! FAILED` or `test <module::name> ... skipped (<what it needs>)`; at the end `N passed, N
-//! failed`, followed by `, N skipped` when tests were skipped. Fatal reports: a line starting `BOOT ERROR:`,
-//! `*** PANIC on CPU n: ...` (followed, inside a test, by that test's `FAILED` line) and
-//! `*** UNEXPECTED EXCEPTION on CPU n: ...` followed by indented register lines. Everything
-//! else (boot banner, log lines) is ignored.
+//! The lines themselves are [`protocol::console`]'s, shared with the kernel: per test, the
+//! failure reasons (indented lines) first if it failed, then one [`TestLine`]; at the end the
+//! [`Summary`]. Fatal reports: a line starting [`console::BOOT_ERROR`], [`console::PANIC`]
+//! (followed, inside a test, by that test's `FAILED` line) or
+//! [`console::UNEXPECTED_EXCEPTION`] followed by indented register lines. Everything else (boot
+//! banner, log lines) is ignored.
+
+use protocol::console::{self, TestLine, Verdict};
 
 /// Most continuation lines kept for one panic or exception report.
 const MAX_REPORT_LINES: usize = 64;
@@ -46,36 +47,7 @@ impl TestOutcome {
     }
 }
 
-/// The counts of an `N passed, N failed[, N skipped]` line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// Tests that passed.
-    pub passed: usize,
-    /// Tests that failed.
-    pub failed: usize,
-    /// Tests that were skipped.
-    pub skipped: usize,
-}
-
-impl Counts {
-    /// Add `other` to these counts.
-    pub fn add(&mut self, other: Counts) {
-        self.passed += other.passed;
-        self.failed += other.failed;
-        self.skipped += other.skipped;
-    }
-}
-
-impl std::fmt::Display for Counts {
-    /// `N passed, N failed`, plus `, N skipped` when there are any (the kernel's format).
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} passed, {} failed", self.passed, self.failed)?;
-        if self.skipped > 0 {
-            write!(f, ", {} skipped", self.skipped)?;
-        }
-        Ok(())
-    }
-}
+pub use protocol::console::Summary;
 
 /// A fatal report from the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,14 +81,14 @@ pub struct Transcript {
     /// The test results, in order.
     pub tests: Vec<TestOutcome>,
     /// The last `N passed, N failed` line, if any.
-    pub summary: Option<Counts>,
+    pub summary: Option<Summary>,
     /// Fatal reports, in order.
     pub fatal: Vec<Fatal>,
 }
 
 impl Transcript {
     /// The counts of the parsed result lines.
-    pub fn counts(&self) -> Counts {
+    pub fn counts(&self) -> Summary {
         count(&self.tests)
     }
 
@@ -127,8 +99,8 @@ impl Transcript {
 }
 
 /// The counts of a list of results.
-pub fn count(tests: &[TestOutcome]) -> Counts {
-    let mut c = Counts::default();
+pub fn count(tests: &[TestOutcome]) -> Summary {
+    let mut c = Summary::default();
     for t in tests {
         match t.status {
             Status::Ok => c.passed += 1,
@@ -173,13 +145,13 @@ pub fn parse(text: &str) -> Transcript {
                 status,
                 reasons,
             });
-        } else if let Some(counts) = parse_summary(trimmed) {
+        } else if let Some(counts) = Summary::parse(trimmed) {
             open_report = None;
             out.summary = Some(counts);
-        } else if let Some(what) = trimmed.strip_prefix("BOOT ERROR:") {
+        } else if let Some(what) = trimmed.strip_prefix(console::BOOT_ERROR) {
             open_report = None;
             out.fatal.push(Fatal::BootError(what.trim().to_string()));
-        } else if let Some(rest) = trimmed.strip_prefix("*** PANIC") {
+        } else if let Some(rest) = trimmed.strip_prefix(console::PANIC) {
             let (cpu, message) = split_cpu(rest);
             panics_since_result.push(out.fatal.len());
             open_report = Some(out.fatal.len());
@@ -188,7 +160,7 @@ pub fn parse(text: &str) -> Transcript {
                 message,
                 test: None,
             });
-        } else if let Some(rest) = trimmed.strip_prefix("*** UNEXPECTED EXCEPTION") {
+        } else if let Some(rest) = trimmed.strip_prefix(console::UNEXPECTED_EXCEPTION) {
             let (cpu, report) = split_cpu(rest);
             open_report = Some(out.fatal.len());
             out.fatal.push(Fatal::Exception {
@@ -227,48 +199,15 @@ pub fn first_result_offset(text: &str) -> Option<usize> {
     None
 }
 
-/// `test NAME ... ok`, `test NAME ... FAILED` or `test NAME ... skipped[ (what)]` (NAME
-/// without spaces).
+/// A `test NAME ... ok|FAILED|skipped (WHAT)` line ([`protocol::console::TestLine`]).
 fn parse_result(line: &str) -> Option<(&str, Status)> {
-    let rest = line.strip_prefix("test ")?;
-    let (name, status) = if let Some(name) = rest.strip_suffix(" ... ok") {
-        (name, Status::Ok)
-    } else if let Some(name) = rest.strip_suffix(" ... FAILED") {
-        (name, Status::Failed)
-    } else {
-        let (name, what) = rest.split_once(" ... skipped")?;
-        let what = what.trim();
-        let what = match what.strip_prefix('(').and_then(|w| w.strip_suffix(')')) {
-            Some(inner) => inner,
-            None if what.is_empty() => "",
-            None => return None,
-        };
-        (name, Status::Skipped(what.to_string()))
+    let t = TestLine::parse(line)?;
+    let status = match t.verdict {
+        Verdict::Ok => Status::Ok,
+        Verdict::Failed => Status::Failed,
+        Verdict::Skipped(what) => Status::Skipped(what.to_string()),
     };
-    let valid = !name.is_empty() && !name.contains(char::is_whitespace);
-    valid.then_some((name, status))
-}
-
-/// `N passed, N failed` or `N passed, N failed, N skipped`.
-fn parse_summary(line: &str) -> Option<Counts> {
-    let (passed, rest) = line.split_once(" passed, ")?;
-    let (failed, skipped) = match rest.split_once(" failed, ") {
-        Some((failed, skipped)) => (failed, Some(skipped.strip_suffix(" skipped")?)),
-        None => (rest.strip_suffix(" failed")?, None),
-    };
-    let number = |s: &str| {
-        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
-    };
-    Some(Counts {
-        passed: number(passed)?,
-        failed: number(failed)?,
-        skipped: match skipped {
-            Some(s) => number(s)?,
-            None => 0,
-        },
-    })
+    Some((t.name, status))
 }
 
 /// ` on CPU n: text` → (Some(n), "text"); anything else → (None, the text after any colon).
@@ -324,7 +263,7 @@ mod tests {
         );
         assert_eq!(
             t.summary,
-            Some(Counts {
+            Some(Summary {
                 passed: 2,
                 failed: 0,
                 skipped: 0,
@@ -381,7 +320,7 @@ mod tests {
         );
         assert_eq!(
             t.counts(),
-            Counts {
+            Summary {
                 passed: 1,
                 failed: 0,
                 skipped: 1
@@ -474,25 +413,25 @@ mod tests {
     #[test]
     fn summary_is_strict_and_the_last_one_wins() {
         assert_eq!(
-            parse_summary("3 passed, 1 failed").map(|c| c.failed),
+            Summary::parse("3 passed, 1 failed").map(|c| c.failed),
             Some(1)
         );
-        assert_eq!(parse_summary("x passed, 1 failed"), None);
-        assert_eq!(parse_summary("3 passed, 1 failed, 2 ignored"), None);
+        assert_eq!(Summary::parse("x passed, 1 failed"), None);
+        assert_eq!(Summary::parse("3 passed, 1 failed, 2 ignored"), None);
         assert_eq!(
-            parse_summary("53 passed, 0 failed, 4 skipped"),
-            Some(Counts {
+            Summary::parse("53 passed, 0 failed, 4 skipped"),
+            Some(Summary {
                 passed: 53,
                 failed: 0,
                 skipped: 4
             })
         );
-        assert_eq!(parse_summary("53 passed, 0 failed, x skipped"), None);
-        assert_eq!(parse_summary("passed, failed"), None);
+        assert_eq!(Summary::parse("53 passed, 0 failed, x skipped"), None);
+        assert_eq!(Summary::parse("passed, failed"), None);
         let t = parse("1 passed, 0 failed\n4 passed, 2 failed\n");
         assert_eq!(
             t.summary,
-            Some(Counts {
+            Some(Summary {
                 passed: 4,
                 failed: 2,
                 skipped: 0,

@@ -5,7 +5,7 @@
 
 use harness::{
     Error, build,
-    console::Counts,
+    console::Summary,
     suites::{self, Options, Suite},
 };
 use std::{process::ExitCode, time::Duration};
@@ -93,7 +93,7 @@ fn suite(name: &str) -> Result<&'static Suite, Error> {
 
 /// The final line, `N passed, N failed` (what scripts/test adds up), with skipped tests on the
 /// line before it.
-fn print_total(total: Counts) {
+fn print_total(total: Summary) {
     if total.skipped > 0 {
         println!("({} skipped)", total.skipped);
     }

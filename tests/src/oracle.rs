@@ -28,11 +28,12 @@
 
 use crate::{
     Error, build,
-    console::{self, Counts},
+    console::{self, Summary},
     qemu::{self, RunConfig},
     trace::{self, Event, Record},
     verdict,
 };
+use protocol::trace_mark::{self, Mark};
 use std::{fmt, path::Path, time::Duration};
 
 /// The oracle's runs: (what, on-target test filter). Each boots the two-edu machine once with
@@ -53,12 +54,12 @@ const SECOND_EDU: &str = "-device edu,dma_mask=0xffffffffffffffff,addr=0x3";
 ///
 /// # Errors
 /// When the image cannot be built or QEMU cannot be started.
-pub fn run(root: &Path, timeout: Duration, echo: bool) -> Result<Counts, Error> {
+pub fn run(root: &Path, timeout: Duration, echo: bool) -> Result<Summary, Error> {
     let kernel = build::build_kernel(root, &[])?;
     let dir = root.join("target/harness");
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let mut counts = Counts::default();
+    let mut counts = Summary::default();
     for (what, filter) in RUNS {
         let trace_path = dir.join(format!("oracle-{filter}.log"));
         let _ = std::fs::remove_file(&trace_path);
@@ -155,24 +156,19 @@ pub struct Check {
     pub detail: String,
 }
 
-const MARK_REGISTER: &str = "addr: 0x70 ";
-const MARK_BEGIN: u32 = 0x7EB0;
-const MARK_END: u32 = 0x7EE0;
-
-/// The marks in the trace: (record index, begin?, sequence).
+/// The marks in the trace ([`protocol::trace_mark`]): (record index, begin?, sequence).
 fn marks(records: &[Record]) -> Vec<(usize, bool, u32)> {
+    let register = format!("addr: {:#x} ", trace_mark::REGISTER_OFFSET);
     records
         .iter()
         .enumerate()
         .filter_map(|(i, r)| match &r.event {
             Event::Other { name, args } if name == "smmuv3_write_mmio" => {
-                let rest = args.strip_prefix(MARK_REGISTER)?;
+                let rest = args.strip_prefix(register.as_str())?;
                 let val = rest.split_whitespace().next()?.strip_prefix("val:0x")?;
-                let val = u32::from_str_radix(val, 16).ok()?;
-                match val >> 16 {
-                    MARK_BEGIN => Some((i, true, val & 0xFFFF)),
-                    MARK_END => Some((i, false, val & 0xFFFF)),
-                    _ => None,
+                match Mark::decode(u32::from_str_radix(val, 16).ok()?)? {
+                    Mark::FlushBegin(seq) => Some((i, true, u32::from(seq))),
+                    Mark::FlushEnd(seq) => Some((i, false, u32::from(seq))),
                 }
             }
             _ => None,

@@ -5,7 +5,7 @@
 
 use crate::{
     Error, build,
-    console::{self, Counts},
+    console::{self, Summary},
     qemu::{self, RunConfig},
     verdict::{self, Verdict},
 };
@@ -250,13 +250,13 @@ pub fn suite_footer(r: &SuiteResult) -> String {
 }
 
 /// The table of suite results and the failed tests; returns the totals over all suites.
-pub fn report(results: &[SuiteResult]) -> (String, Counts) {
+pub fn report(results: &[SuiteResult]) -> (String, Summary) {
     let mut s = String::from("suite results:\n");
-    let mut total = Counts::default();
+    let mut total = Summary::default();
     let width = results.iter().map(|r| r.suite.len()).max().unwrap_or(0);
     for r in results {
         let c = r.verdict.counts();
-        total.add(c);
+        total += c;
         let _ = writeln!(
             s,
             "  {:width$}  {:6}  {:4} passed, {:3} failed, {:3} skipped  {:6.1} s  ({})",
@@ -372,7 +372,7 @@ mod tests {
         let (text, total) = report(&results);
         assert_eq!(
             total,
-            Counts {
+            Summary {
                 passed: 2,
                 failed: 2,
                 skipped: 0,

@@ -4,36 +4,25 @@
 //! missing or inconsistent summary, an exit status that does not match the console, or any
 //! `FAILED` test.
 
-use crate::console::{self, Counts, Fatal, TestOutcome, Transcript};
+use crate::console::{self, Fatal, Summary, TestOutcome, Transcript};
 use std::{fmt, time::Duration};
 
-/// Exit statuses of the kernel (kernel/src/exit.rs), as QEMU passes them on.
+/// Exit statuses of the kernel and of `scripts/qemu-run` ([`protocol::exit`]), as codes.
 pub mod status {
-    /// All tests passed (or the main job finished).
-    pub const SUCCESS: i32 = 0;
-    /// At least one test failed.
-    pub const TESTS_FAILED: i32 = 1;
-    /// `BOOT ERROR:`.
-    pub const BOOT_ERROR: i32 = 3;
-    /// A Rust panic.
-    pub const PANIC: i32 = 101;
-    /// An unexpected exception.
-    pub const EXCEPTION: i32 = 102;
-    /// scripts/qemu-run's hard timeout (as `timeout(1)`).
-    pub const TIMEOUT: i32 = 124;
+    use protocol::exit::ExitStatus;
 
-    /// What a status means.
-    pub fn describe(code: i32) -> &'static str {
-        match code {
-            SUCCESS => "success",
-            TESTS_FAILED => "tests failed",
-            BOOT_ERROR => "boot error",
-            PANIC => "panic",
-            EXCEPTION => "unexpected exception",
-            TIMEOUT => "timeout",
-            _ => "unknown status",
-        }
-    }
+    /// All tests passed (or the main job finished).
+    pub const SUCCESS: i32 = ExitStatus::Success.code();
+    /// At least one test failed.
+    pub const TESTS_FAILED: i32 = ExitStatus::TestsFailed.code();
+    /// `BOOT ERROR:`.
+    pub const BOOT_ERROR: i32 = ExitStatus::BootError.code();
+    /// A Rust panic.
+    pub const PANIC: i32 = ExitStatus::Panic.code();
+    /// An unexpected exception.
+    pub const EXCEPTION: i32 = ExitStatus::UnexpectedException.code();
+    /// scripts/qemu-run's hard timeout.
+    pub const TIMEOUT: i32 = protocol::exit::TIMEOUT;
 }
 
 /// How the QEMU process ended.
@@ -53,7 +42,11 @@ pub enum RunEnd {
 impl fmt::Display for RunEnd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Exited(code) => write!(f, "exit status {code} ({})", status::describe(*code)),
+            Self::Exited(code) => write!(
+                f,
+                "exit status {code} ({})",
+                protocol::exit::describe_code(*code)
+            ),
             Self::TimedOut(d) => write!(f, "timed out after {} s", d.as_secs()),
             Self::Deadlock => write!(f, "deadlock (all CPUs idle, no timer armed)"),
             Self::Signalled(sig) => write!(f, "killed by signal {sig}"),
@@ -102,9 +95,9 @@ pub enum Failure {
     /// The summary disagrees with the result lines.
     SummaryMismatch {
         /// What the summary line said.
-        summary: Counts,
+        summary: Summary,
         /// What the result lines add up to.
-        parsed: Counts,
+        parsed: Summary,
     },
     /// The exit status disagrees with the console.
     UnexpectedStatus {
@@ -166,8 +159,8 @@ impl fmt::Display for Failure {
             Self::UnexpectedStatus { actual, expected } => write!(
                 f,
                 "exit status {actual} ({}) but the console implies {expected} ({})",
-                status::describe(*actual),
-                status::describe(*expected)
+                protocol::exit::describe_code(*actual),
+                protocol::exit::describe_code(*expected)
             ),
         }
     }
@@ -199,10 +192,10 @@ impl Verdict {
         self.tests.iter().filter(|t| t.failed())
     }
 
-    /// Counts for the totals: the passed and failed result lines, plus one failure for a run
+    /// Summary for the totals: the passed and failed result lines, plus one failure for a run
     /// that failed without any `FAILED` line (a boot error, a timeout, ...), so that a broken
     /// run can never add up to "0 failed".
-    pub fn counts(&self) -> Counts {
+    pub fn counts(&self) -> Summary {
         let mut c = console::count(&self.tests);
         c.failed += usize::from(!self.passed() && c.failed == 0);
         c
@@ -307,7 +300,7 @@ mod tests {
         assert!(v.passed(), "{v}");
         assert_eq!(
             v.counts(),
-            Counts {
+            Summary {
                 passed: 2,
                 failed: 0,
                 skipped: 0,
@@ -330,7 +323,7 @@ mod tests {
         );
         assert_eq!(
             v.counts(),
-            Counts {
+            Summary {
                 passed: 1,
                 failed: 1,
                 skipped: 0,
@@ -393,7 +386,7 @@ mod tests {
         );
         assert_eq!(
             v.counts(),
-            Counts {
+            Summary {
                 passed: 1,
                 failed: 2,
                 skipped: 0,
@@ -430,12 +423,12 @@ mod tests {
         assert_eq!(
             v.failures,
             vec![Failure::SummaryMismatch {
-                summary: Counts {
+                summary: Summary {
                     passed: 2,
                     failed: 0,
                     skipped: 0,
                 },
-                parsed: Counts {
+                parsed: Summary {
                     passed: 1,
                     failed: 0,
                     skipped: 0,
@@ -462,7 +455,7 @@ mod tests {
         assert_eq!(v.failures[0], Failure::Deadlock);
         assert_eq!(
             v.counts(),
-            Counts {
+            Summary {
                 passed: 0,
                 failed: 1,
                 skipped: 0,

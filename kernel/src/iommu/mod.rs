@@ -36,6 +36,7 @@ use core::{
 };
 use events::Router;
 use hal::KernelSmmuHal;
+use protocol::trace_mark::{self, Mark};
 use smmu::{CounterSnapshot, CpuMmuConfig, Granule, Smmu, SmmuConfig, SmmuError};
 use spin::{Mutex, Once};
 use sva::Domain;
@@ -101,8 +102,6 @@ pub struct Iommu {
 }
 
 static IOMMU: Once<Iommu> = Once::new();
-/// SMMU_GERROR_IRQ_CFG1 (IHI 0070 §6.3.22), where [`Iommu::trace_mark`] writes its marks.
-const TRACE_MARK_REGISTER: usize = 0x70;
 /// Whether [`Iommu::trace_mark`] leaves marks (bootarg `smmu.trace_marks`).
 static TRACE_MARKS: AtomicBool = AtomicBool::new(false);
 
@@ -212,18 +211,20 @@ impl Iommu {
     }
 
     /// Leave a mark in QEMU's SMMU trace (bootarg `smmu.trace_marks`, used by the host's trace
-    /// oracle): a write of `value` to SMMU_GERROR_IRQ_CFG1, which QEMU traces as
-    /// `smmuv3_write_mmio addr: 0x70 val:<value>`. The register holds the MSI payload of the
+    /// oracle): a write of the mark's value to SMMU_GERROR_IRQ_CFG1
+    /// ([`protocol::trace_mark`]), which QEMU traces as `smmuv3_write_mmio addr: 0x70 val:...`. The register holds the MSI payload of the
     /// global-error interrupt, which is never used: this SMMU signals wired interrupts, and
     /// GERROR_IRQ_CFG0.ADDR = 0 disables the MSI (IHI 0070 §6.3.21) — so the mark changes
     /// nothing the device or the tests observe, and issues no command. Returns whether a mark
     /// was left.
-    pub fn trace_mark(&self, value: u32) -> bool {
+    pub fn trace_mark(&self, mark: Mark) -> bool {
         if !TRACE_MARKS.load(Ordering::Relaxed) {
             return false;
         }
         use smmu::hal::SmmuHal;
-        self.smmu.hal().write32(TRACE_MARK_REGISTER, value);
+        self.smmu
+            .hal()
+            .write32(trace_mark::REGISTER_OFFSET, mark.value());
         true
     }
 }

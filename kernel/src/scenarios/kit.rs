@@ -23,6 +23,7 @@ use crate::{
 };
 use alloc::{format, string::String, sync::Arc, vec::Vec};
 use core::fmt;
+use protocol::trace_mark::Mark;
 use smmu::{
     CounterSnapshot,
     planner::{FlushKind, FlushPlan},
@@ -458,10 +459,6 @@ impl PageSweep {
     }
 }
 
-/// Trace marks (see [`crate::iommu::Iommu::trace_mark`]): the flush under test begins / ends;
-/// the low 16 bits carry the window's sequence number.
-const MARK_FLUSH_BEGIN: u32 = 0x7EB0_0000;
-const MARK_FLUSH_END: u32 = 0x7EE0_0000;
 static FLUSH_SEQ: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
 /// SMMU commands issued while `f` runs (the change under test and its flush).
@@ -472,7 +469,8 @@ static FLUSH_SEQ: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32:
 pub fn commands_during<R>(f: impl FnOnce() -> R) -> (R, CounterSnapshot) {
     let iommu = iommu::get().expect("scenarios run only with an SMMU");
     let seq = FLUSH_SEQ.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    if iommu.trace_mark(MARK_FLUSH_BEGIN | (seq & 0xFFFF)) {
+    // The window's sequence number travels in 16 bits (see `protocol::trace_mark`).
+    if iommu.trace_mark(Mark::FlushBegin(seq as u16)) {
         crate::println!(
             "trace-mark flush-begin seq={seq} test={}",
             crate::ktest::current().unwrap_or("-")
@@ -481,7 +479,7 @@ pub fn commands_during<R>(f: impl FnOnce() -> R) -> (R, CounterSnapshot) {
     let before = iommu.stats();
     let r = f();
     let d = iommu.stats().delta(&before);
-    if iommu.trace_mark(MARK_FLUSH_END | (seq & 0xFFFF)) {
+    if iommu.trace_mark(Mark::FlushEnd(seq as u16)) {
         crate::println!(
             "trace-mark flush-end seq={seq} nh_va={} nh_va_range={} nh_asid={} sync={}",
             d.tlbi_nh_va,

@@ -112,7 +112,8 @@ fn fatal(vector: VectorKind, frame: &TrapFrame, syndrome: Option<(u64, u64)>) ->
     use core::fmt::Write;
     let _ = writeln!(
         out,
-        "\n*** UNEXPECTED EXCEPTION on CPU {}: {vector}",
+        "\n{} on CPU {}: {vector}",
+        protocol::console::UNEXPECTED_EXCEPTION,
         cpu::index()
     );
     if let Some((esr, far)) = syndrome {
