@@ -8,10 +8,7 @@
 use crate::mm::tlb::SecondaryTlbMode::{self, Legacy, Off, Sync};
 use crate::{
     exit, println,
-    scenarios::{
-        Scenario,
-        kit::{Outcome, mode_name},
-    },
+    scenarios::{Outcome, Scenario},
 };
 use alloc::vec::Vec;
 
@@ -28,12 +25,12 @@ pub fn main() -> ! {
     let mut run = |title: &str, scenario: Scenario, mode: SecondaryTlbMode| -> Option<Outcome> {
         match scenario(mode) {
             Ok(o) => {
-                println!("  [{:<6}] {}: {}", mode_name(mode), title, o.detail);
+                println!("  [{:<6}] {}: {}", mode.as_str(), title, o.detail);
                 rows.push(o.clone());
                 Some(o)
             }
             Err(e) => {
-                println!("  [{:<6}] {}: could not run: {e}", mode_name(mode), title);
+                println!("  [{:<6}] {}: could not run: {e}", mode.as_str(), title);
                 None
             }
         }
@@ -116,7 +113,7 @@ fn print_table(rows: &[Outcome]) {
         println!(
             "{:<34} | {:<6} | {:>10} | {:>10} | {:>12} | {:>8} | {:>13} | {}",
             o.scenario,
-            mode_name(o.mode),
+            o.mode.as_str(),
             o.commands.tlbi_nh_va,
             o.commands.tlbi_nh_va_range,
             o.commands.tlbi_nh_asid,

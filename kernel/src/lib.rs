@@ -41,4 +41,6 @@ pub mod scenarios;
 #[cfg(target_os = "none")]
 pub mod smp;
 #[cfg(target_os = "none")]
+pub mod testkit;
+#[cfg(target_os = "none")]
 pub mod time;

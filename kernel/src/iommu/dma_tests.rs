@@ -26,7 +26,7 @@ use crate::{
     iommu, kassert, kassert_eq,
     ktest::{TestFailure, TestResult},
     mm::{PAGE_SIZE, context, pgtable::Perms, tlb::SecondaryTlbMode},
-    scenarios::kit::{Frames, IOVA_BASE, Rig},
+    testkit::{Frames, IOVA_BASE, Rig},
     time,
 };
 use alloc::{format, string::String, vec::Vec};

@@ -43,7 +43,7 @@ use crate::{
     kassert, kassert_eq,
     ktest::{TestFailure, TestResult},
     mm::{PhysAddr, pgtable::Perms, tlb::SecondaryTlbMode},
-    scenarios::kit::{Frames, IOVA_BASE, Rig},
+    testkit::{Frames, IOVA_BASE, Rig},
 };
 use alloc::{format, string::String, sync::Arc};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -15,7 +15,8 @@
 //! The negative controls run in `off` mode. Either operation's flush covers 512 pages: one
 //! `TLBI_NH_ASID` (the ASID-wide threshold), plus one `TLBI_NH_VA` for the moved page.
 
-use super::kit::{Frames, IOVA_BASE, Outcome, PageSweep, Rig, commands_during, fault_of, range};
+use super::Outcome;
+use crate::testkit::{Frames, IOVA_BASE, PageSweep, Rig, commands_during, fault_of, range};
 use crate::{
     kassert, kassert_eq,
     mm::{PAGE_SIZE, VirtAddr, addr::BLOCK_2M, pgtable::Perms, tlb::SecondaryTlbMode},

@@ -3,11 +3,12 @@
 //! scenario's negative control (the same steps with the secondary invalidation disabled, in
 //! `legacy` or `off` mode) must observe the failure, or the scenario could not detect the bug.
 //!
-//! Each scenario is a function of the mode returning an [`kit::Outcome`]; the on-target tests
+//! Each scenario is a function of the mode returning an [`Outcome`]; the on-target tests
 //! assert on it and the main job prints it as a table row.
 
 pub mod blocks;
-pub mod kit;
+mod outcome;
+pub use outcome::Outcome;
 pub mod permission;
 pub mod ranges;
 pub mod sharing;
@@ -17,7 +18,7 @@ use crate::mm::tlb::SecondaryTlbMode;
 use alloc::string::String;
 
 /// A scenario: run it in a mode, get what the device did.
-pub type Scenario = fn(SecondaryTlbMode) -> Result<kit::Outcome, String>;
+pub type Scenario = fn(SecondaryTlbMode) -> Result<Outcome, String>;
 
 /// Further acts of the main job: (title, introduction, scenario), each run with the SMMU left
 /// out (`off`) and told (`sync`).

@@ -7,7 +7,8 @@
 //! 3. RW→RO: a stale writable entry would let a forbidden write through silently (negative
 //!    control: `off`).
 
-use super::kit::{Frames, IOVA_BASE, Outcome, RETRY_CAP, Rig, commands_during};
+use super::Outcome;
+use crate::testkit::{Frames, IOVA_BASE, RETRY_CAP, Rig, commands_during};
 use crate::{
     drivers::{dma::DmaFaultKind, edu::DmaError},
     kassert, kassert_eq,

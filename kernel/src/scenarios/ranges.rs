@@ -14,8 +14,9 @@
 //! invalidation. The scenarios cache well under that (at most 67 sampled pages of a large
 //! range), so the negative controls (`off`) can see their stale entries.
 
-use super::kit::{
-    Frames, IOVA_BASE, Outcome, PageSweep, Rig, commands_during, fault_of, planned_commands, range,
+use super::Outcome;
+use crate::testkit::{
+    Frames, IOVA_BASE, PageSweep, Rig, commands_during, fault_of, planned_commands, range,
 };
 use crate::{
     drivers::dma::DmaFaultKind,

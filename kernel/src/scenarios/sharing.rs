@@ -18,9 +18,9 @@
 //!     requires them. The cost is wall time: CPU 1 really executes while each DMA's 100 ms of
 //!     virtual time passes (about 1.5 s per run).
 
-use super::kit::{
-    Frames, IOVA_BASE, Outcome, PageSweep, Rig, commands_during, fault_of, range, require_cpus,
-    require_edus,
+use super::Outcome;
+use crate::testkit::{
+    Frames, IOVA_BASE, PageSweep, Rig, commands_during, fault_of, range, require_cpus, require_edus,
 };
 use crate::{
     drivers::dma::DmaFaultKind,

@@ -10,7 +10,8 @@
 //! Both scenarios judge by memory. A DMA write the device believes succeeded says nothing
 //! about where it landed, so each check reads the frames on both sides.
 
-use super::kit::{Frames, IOVA_BASE, Outcome, Rig, commands_during, fault_of, range};
+use super::Outcome;
+use crate::testkit::{Frames, IOVA_BASE, Rig, commands_during, fault_of, range};
 use crate::{
     drivers::dma::DmaFaultKind,
     kassert, kassert_eq,

@@ -1,5 +1,6 @@
-//! The rig every scenario runs on: a fresh address space shared with an edu device through the
-//! SMMU, frames the test owns, and DMA helpers that return what the device really did.
+//! The on-target test fixture: the rig every scenario and device test runs on (a fresh address
+//! space shared with an edu device through the SMMU), frames the test owns, and DMA helpers
+//! that return what the device really did.
 //!
 //! Checks read memory, not only events: QEMU's edu never reports a failed DMA (a faulted read
 //! leaves zeros, a faulted write is dropped), so a scenario compares page contents, and uses
@@ -489,59 +490,4 @@ pub fn commands_during<R>(f: impl FnOnce() -> R) -> (R, CounterSnapshot) {
         );
     }
     (r, d)
-}
-
-/// What a scenario observed: the record behind its verdict, and a row of the demo's table.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The scenario.
-    pub scenario: &'static str,
-    /// How secondary TLBs were told about flushes.
-    pub mode: SecondaryTlbMode,
-    /// The device saw the new page-table state (data landed where the tables say; forbidden
-    /// accesses faulted), checked in memory.
-    pub fresh: bool,
-    /// SMMU commands issued by the change under test.
-    pub commands: CounterSnapshot,
-    /// Device fault events seen by the checking transfers.
-    pub device_faults: u32,
-    /// What happened, in words.
-    pub detail: String,
-}
-
-impl Outcome {
-    /// The verdict for a correct mode: the device must have seen the new state.
-    pub fn expect_fresh(&self) -> Result<(), TestFailure> {
-        if self.fresh {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} in {:?} mode: the device used a stale translation: {}",
-                self.scenario, self.mode, self.detail
-            )
-            .into())
-        }
-    }
-
-    /// The verdict for a negative control: the bug must be visible, or the test is blind.
-    pub fn expect_stale(&self) -> Result<(), TestFailure> {
-        if self.fresh {
-            Err(format!(
-                "negative control {} in {:?} mode saw no stale translation — the test cannot detect the bug: {}",
-                self.scenario, self.mode, self.detail
-            )
-            .into())
-        } else {
-            Ok(())
-        }
-    }
-}
-
-/// Short mode name for tables.
-pub fn mode_name(mode: SecondaryTlbMode) -> &'static str {
-    match mode {
-        SecondaryTlbMode::Sync => "sync",
-        SecondaryTlbMode::Legacy => "legacy",
-        SecondaryTlbMode::Off => "off",
-    }
 }
