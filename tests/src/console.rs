@@ -75,6 +75,40 @@ pub enum Fatal {
     },
 }
 
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::verdict::indent_continuation;
+        match self {
+            Self::BootError(what) => write!(f, "boot error: {what}"),
+            Self::Panic { cpu, message, test } => {
+                write!(f, "panic")?;
+                if let Some(test) = test {
+                    write!(f, " in test {test}")?;
+                }
+                if let Some(cpu) = cpu {
+                    write!(f, " on CPU {cpu}")?;
+                }
+                write!(f, ": {}", indent_continuation(message))
+            }
+            Self::Exception {
+                cpu,
+                report,
+                after_test,
+            } => {
+                write!(f, "unexpected exception")?;
+                if let Some(cpu) = cpu {
+                    write!(f, " on CPU {cpu}")?;
+                }
+                match after_test {
+                    Some(t) => write!(f, " (in the test after {t}, or after the tests)")?,
+                    None => write!(f, " (before any test finished)")?,
+                }
+                write!(f, ": {}", indent_continuation(report))
+            }
+        }
+    }
+}
+
 /// Everything the parser found in a console transcript.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Transcript {

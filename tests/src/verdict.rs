@@ -63,26 +63,8 @@ pub enum Failure {
     Deadlock,
     /// QEMU died from a signal.
     Signalled(i32),
-    /// `BOOT ERROR:`.
-    BootError(String),
-    /// A panic, in a test or outside.
-    Panic {
-        /// The CPU.
-        cpu: Option<u32>,
-        /// The message.
-        message: String,
-        /// The test that panicked, if it was inside one.
-        test: Option<String>,
-    },
-    /// An unexpected exception.
-    Exception {
-        /// The CPU.
-        cpu: Option<u32>,
-        /// The report.
-        report: String,
-        /// The last test that finished before it.
-        after_test: Option<String>,
-    },
+    /// A fatal report on the console: a boot error, a panic or an unexpected exception.
+    Fatal(Fatal),
     /// An on-target test failed.
     TestFailed {
         /// Its name.
@@ -118,32 +100,7 @@ impl fmt::Display for Failure {
                  no active timers\"); something waited for an interrupt that never came"
             ),
             Self::Signalled(sig) => write!(f, "QEMU killed by signal {sig}"),
-            Self::BootError(what) => write!(f, "boot error: {what}"),
-            Self::Panic { cpu, message, test } => {
-                write!(f, "panic")?;
-                if let Some(test) = test {
-                    write!(f, " in test {test}")?;
-                }
-                if let Some(cpu) = cpu {
-                    write!(f, " on CPU {cpu}")?;
-                }
-                write!(f, ": {}", indent_continuation(message))
-            }
-            Self::Exception {
-                cpu,
-                report,
-                after_test,
-            } => {
-                write!(f, "unexpected exception")?;
-                if let Some(cpu) = cpu {
-                    write!(f, " on CPU {cpu}")?;
-                }
-                match after_test {
-                    Some(t) => write!(f, " (in the test after {t}, or after the tests)")?,
-                    None => write!(f, " (before any test finished)")?,
-                }
-                write!(f, ": {}", indent_continuation(report))
-            }
+            Self::Fatal(fatal) => fatal.fmt(f),
             Self::TestFailed { name, reasons } => {
                 write!(f, "test {name} FAILED")?;
                 for r in reasons {
@@ -166,7 +123,8 @@ impl fmt::Display for Failure {
     }
 }
 
-fn indent_continuation(text: &str) -> String {
+/// Indents the continuation lines of a multi-line text under its first line.
+pub(crate) fn indent_continuation(text: &str) -> String {
     text.replace('\n', "\n      ")
 }
 
@@ -207,7 +165,7 @@ impl fmt::Display for Verdict {
     /// shown once, as that test's reason.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for failure in &self.failures {
-            if !matches!(failure, Failure::Panic { test: Some(_), .. }) {
+            if !matches!(failure, Failure::Fatal(Fatal::Panic { test: Some(_), .. })) {
                 writeln!(f, "  {failure}")?;
             }
         }
@@ -228,28 +186,12 @@ pub fn judge(transcript: &Transcript, end: RunEnd) -> Verdict {
     // The status the console implies, checked against the real one below.
     let mut expected = status::SUCCESS;
     for fatal in &transcript.fatal {
-        match fatal.clone() {
-            Fatal::BootError(what) => {
-                expected = status::BOOT_ERROR;
-                failures.push(Failure::BootError(what));
-            }
-            Fatal::Panic { cpu, message, test } => {
-                expected = status::PANIC;
-                failures.push(Failure::Panic { cpu, message, test });
-            }
-            Fatal::Exception {
-                cpu,
-                report,
-                after_test,
-            } => {
-                expected = status::EXCEPTION;
-                failures.push(Failure::Exception {
-                    cpu,
-                    report,
-                    after_test,
-                });
-            }
-        }
+        expected = match fatal {
+            Fatal::BootError(_) => status::BOOT_ERROR,
+            Fatal::Panic { .. } => status::PANIC,
+            Fatal::Exception { .. } => status::EXCEPTION,
+        };
+        failures.push(Failure::Fatal(fatal.clone()));
     }
     for t in transcript.failed_tests() {
         failures.push(Failure::TestFailed {
@@ -374,7 +316,7 @@ mod tests {
         assert_eq!(names, ["a::y", "a::z"]);
         assert!(matches!(
             &v.failures[0],
-            Failure::Panic { test: Some(t), .. } if t == "a::z"
+            Failure::Fatal(Fatal::Panic { test: Some(t), .. }) if t == "a::z"
         ));
         // The summary is missing because of the panic: not reported separately; the status
         // matches the panic.
@@ -410,7 +352,9 @@ mod tests {
         );
         assert_eq!(
             v.failures,
-            vec![Failure::BootError("no SMMU in the device tree".into())]
+            vec![Failure::Fatal(Fatal::BootError(
+                "no SMMU in the device tree".into()
+            ))]
         );
     }
 

@@ -4,6 +4,7 @@
 
 use harness::{
     build,
+    console::Fatal,
     suites::{self, Options},
     verdict::{Failure, Verdict},
 };
@@ -45,7 +46,7 @@ fn harness_reports_the_deliberately_failing_on_target_tests() {
         assert!(
             !matches!(
                 f,
-                Failure::TimedOut(_) | Failure::Deadlock | Failure::BootError(_)
+                Failure::TimedOut(_) | Failure::Deadlock | Failure::Fatal(Fatal::BootError(_))
             ),
             "the self-test image did not run its tests: {f}"
         );
@@ -64,7 +65,7 @@ fn harness_reports_an_unexpected_exception_with_its_decoded_report() {
         .failures
         .iter()
         .find_map(|f| match f {
-            Failure::Exception { report, .. } => Some(report.clone()),
+            Failure::Fatal(Fatal::Exception { report, .. }) => Some(report.clone()),
             _ => None,
         })
         .unwrap_or_else(|| panic!("no exception failure reported: {v}"));

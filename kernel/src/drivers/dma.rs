@@ -1,5 +1,6 @@
-//! DMA faults, as a device driver reports them, and the hook through which the IOMMU glue
-//! supplies them.
+//! DMA seen from the IOMMU glue and the drivers: the [`BusMaster`] interface the glue attaches
+//! to an address space, DMA faults as a driver reports them, and the hook through which the
+//! glue supplies them.
 //!
 //! Why a hook: a PCI device usually never learns that its DMA failed. QEMU's edu ignores the
 //! result of its memory accesses — a faulted read leaves zeros in its buffer, a faulted write is
