@@ -14,22 +14,49 @@ use alloc::vec::Vec;
 
 /// Run the demonstration and power off.
 pub fn main() -> ! {
-    if crate::iommu::get().is_none() || crate::drivers::edu::devices().is_empty() {
-        println!(
-            "\nThis machine has no SMMUv3 or no edu device, so there is nothing to demonstrate."
-        );
-        println!("Run it with scripts/run (QEMU virt,iommu=smmuv3 with -device edu).");
-        exit::shutdown();
+    let platform = crate::init::platform();
+    let mut missing = Vec::new();
+    if platform.smmu.is_none() {
+        missing.push("an SMMUv3 (no \"arm,smmu-v3\" node: QEMU -M virt,iommu=smmuv3)");
+    }
+    if platform.pcie.is_none() {
+        missing.push("a PCIe host bridge (no \"pci-host-ecam-generic\" node)");
+    } else if crate::drivers::edu::devices().is_empty() {
+        missing.push("an edu device (no PCI function 1234:11e8: QEMU -device edu)");
+    }
+    if !missing.is_empty() {
+        // A main job that demonstrated nothing has not succeeded: say what is missing.
+        crate::init::boot_error(&alloc::format!(
+            "main job: nothing to demonstrate without {} (scripts/run sets up the machine)",
+            missing.join(" and ")
+        ));
     }
     let mut rows: Vec<Outcome> = Vec::new();
+    // Rows that could not run, or whose device behaviour contradicts the story: a `sync` flush
+    // must leave the device fresh, and the `legacy`/`off` demonstrations must show the bug.
+    let mut problems = 0usize;
     let mut run = |title: &str, scenario: Scenario, mode: SecondaryTlbMode| -> Option<Outcome> {
         match scenario(mode) {
             Ok(o) => {
                 println!("  [{:<6}] {}: {}", mode.as_str(), title, o.detail);
+                if o.fresh != (mode == Sync) {
+                    problems += 1;
+                    println!(
+                        "  [{:<6}] {}: UNEXPECTED: the device saw the tables {} in this mode",
+                        mode.as_str(),
+                        title,
+                        if o.fresh {
+                            "as they are"
+                        } else {
+                            "as they were"
+                        }
+                    );
+                }
                 rows.push(o.clone());
                 Some(o)
             }
             Err(e) => {
+                problems += 1;
                 println!("  [{:<6}] {}: could not run: {e}", mode.as_str(), title);
                 None
             }
@@ -100,6 +127,12 @@ pub fn main() -> ! {
         "checking transfers produced (QEMU records one per 4-byte chunk); result says whether"
     );
     println!("the device saw the page tables as they are (fresh) or as they were (STALE).");
+    if problems > 0 {
+        println!(
+            "\nmain job: {problems} row(s) could not run or contradicted the expected outcome"
+        );
+        exit::exit(exit::ExitStatus::TestsFailed);
+    }
     exit::shutdown()
 }
 

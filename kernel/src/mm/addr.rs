@@ -34,18 +34,6 @@ pub struct PhysAddr(pub u64);
 pub struct VirtAddr(pub u64);
 
 impl PhysAddr {
-    /// The raw value.
-    pub const fn as_u64(self) -> u64 {
-        self.0
-    }
-    /// Whether the address is aligned to `align` (a power of two).
-    pub const fn is_aligned(self, align: u64) -> bool {
-        self.0 & (align - 1) == 0
-    }
-    /// The address plus `off` bytes.
-    pub const fn add(self, off: u64) -> Self {
-        Self(self.0 + off)
-    }
     /// The kernel virtual address of this physical address in the linear window.
     pub const fn to_virt(self) -> VirtAddr {
         VirtAddr(LINEAR_BASE + self.0)
@@ -53,18 +41,6 @@ impl PhysAddr {
 }
 
 impl VirtAddr {
-    /// The raw value.
-    pub const fn as_u64(self) -> u64 {
-        self.0
-    }
-    /// Whether the address is aligned to `align` (a power of two).
-    pub const fn is_aligned(self, align: u64) -> bool {
-        self.0 & (align - 1) == 0
-    }
-    /// The address plus `off` bytes.
-    pub const fn add(self, off: u64) -> Self {
-        Self(self.0 + off)
-    }
     /// Whether this is a lower-half (TTBR0) address.
     pub const fn is_lower_half(self) -> bool {
         self.0 < USER_VA_END
@@ -79,23 +55,35 @@ impl VirtAddr {
     }
 }
 
-impl fmt::Debug for PhysAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PA({:#x})", self.0)
-    }
+/// What both address types have in common: the raw value, alignment, offsetting, and their
+/// `PA(..)`/`VA(..)` debug and hex display forms.
+macro_rules! address_common {
+    ($ty:ident, $tag:literal) => {
+        impl $ty {
+            /// The raw value.
+            pub const fn as_u64(self) -> u64 {
+                self.0
+            }
+            /// Whether the address is aligned to `align` (a power of two).
+            pub const fn is_aligned(self, align: u64) -> bool {
+                self.0 & (align - 1) == 0
+            }
+            /// The address plus `off` bytes.
+            pub const fn add(self, off: u64) -> Self {
+                Self(self.0 + off)
+            }
+        }
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($tag, "({:#x})"), self.0)
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:#x}", self.0)
+            }
+        }
+    };
 }
-impl fmt::Display for PhysAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x}", self.0)
-    }
-}
-impl fmt::Debug for VirtAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VA({:#x})", self.0)
-    }
-}
-impl fmt::Display for VirtAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x}", self.0)
-    }
-}
+address_common!(PhysAddr, "PA");
+address_common!(VirtAddr, "VA");
