@@ -4,9 +4,8 @@
 //! # Design
 //!
 //! - Tables live in physical frames reached through two traits, [`PhysMem`] (where a frame is
-//!   mapped for the kernel) and [`FrameSource`](crate::mm::frame::FrameSource) (allocate/free
-//!   frames), so the whole module runs
-//!   on the host against fake memory.
+//!   mapped for the kernel) and [`FrameSource`] (allocate/free
+//!   frames), so the whole module runs on the host against fake memory.
 //! - Every mutating operation returns a [`TlbFlush`] token (`#[must_use]`) that says what must be
 //!   invalidated, whether the change was *only* a permission upgrade, and which table frames may
 //!   be freed once — and only once — that flush has completed. The page table never frees a table

@@ -232,7 +232,8 @@ impl TlbiPlan {
 
 /// Plans the CPU TLBIs for `inv` in `scope`.
 ///
-/// - [`FlushRange::All`] → `ASIDE1IS` (or `VMALLE1IS` for [`TlbScope::Global`]).
+/// - [`FlushRange::All`](crate::mm::tlb::FlushRange::All) → `ASIDE1IS` (or `VMALLE1IS` for
+///   [`TlbScope::Global`]).
 /// - Without FEAT_TLBIRANGE: one `VALE1IS` (leaf-only) / `VAE1IS` per page (per 2 MiB for a
 ///   [`Stride::Block2M`] flush), or `ASIDE1IS` once that would take [`MAX_TLBI_OPS`] or more.
 /// - With FEAT_TLBIRANGE: one single TLBI where one suffices; otherwise an odd page alone plus at
