@@ -15,13 +15,17 @@
 //! space.
 
 use alloc::{sync::Arc, vec::Vec};
-use core::fmt;
+use core::{
+    fmt,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use spin::{Mutex, MutexGuard, RwLock};
 
 use crate::mm::{
     addr::{PhysAddr, VirtAddr},
     asid::{Activation, AsidAllocator, AsidContext, AsidError},
+    batch::FlushBatch,
     frame::FrameSource,
     pgtable::{
         self, MAIR_EL1_VALUE, MAIR_IDX_DEVICE, MAIR_IDX_NORMAL, MapAttrs, PageTable, Perms,
@@ -92,6 +96,9 @@ pub enum AsError {
     NotShared,
     /// Unknown secondary TLB handle.
     UnknownSecondary,
+    /// The range overlaps one an open batch is changing (its flush is still pending); this is
+    /// the first page of the overlap's claim.
+    BatchInFlight(VirtAddr),
 }
 
 impl fmt::Display for AsError {
@@ -104,6 +111,10 @@ impl fmt::Display for AsError {
                 f.write_str("address space has no secondary TLB (ASID not pinned)")
             }
             AsError::UnknownSecondary => f.write_str("unknown secondary TLB handle"),
+            AsError::BatchInFlight(va) => write!(
+                f,
+                "range overlaps the range at {va} of a batch whose flush is still pending"
+            ),
         }
     }
 }
@@ -277,6 +288,9 @@ pub struct AddressSpace {
     registrations: Mutex<Vec<SecondaryTlbHandle>>,
     policy: RwLock<FaultPolicy>,
     stats: FlushStats,
+    /// Open batches: (id, hull of the ranges each was asked to change so far).
+    batches: Mutex<Vec<(u64, Option<FlushRange>)>>,
+    next_batch: AtomicU64,
 }
 
 impl fmt::Debug for AddressSpace {
@@ -308,6 +322,8 @@ impl AddressSpace {
             registrations: Mutex::new(Vec::new()),
             policy: RwLock::new(FaultPolicy::Report),
             stats: FlushStats::default(),
+            batches: Mutex::new(Vec::new()),
+            next_batch: AtomicU64::new(1),
         })
     }
 
@@ -348,13 +364,60 @@ impl AddressSpace {
         (guard, pt)
     }
 
+    /// Runs one table operation under the table lock.
+    pub(super) fn with_table<R>(
+        &self,
+        op: impl FnOnce(&mut PageTable<'_>) -> Result<R, pgtable::Error>,
+    ) -> Result<R, AsError> {
+        let (_g, mut pt) = self.locked();
+        Ok(op(&mut pt)?)
+    }
+
+    // -- batches -------------------------------------------------------------------------------
+
+    /// Opens a batch: changes applied now, one flush at [`FlushBatch::finish`] (see
+    /// [`crate::mm::batch`]).
+    pub fn batch(&self) -> FlushBatch<'_> {
+        let id = self.next_batch.fetch_add(1, Ordering::Relaxed);
+        self.batches.lock().push((id, None));
+        FlushBatch::new(self, id)
+    }
+
+    /// Widens batch `id`'s claim by `range` (before the change is made).
+    pub(super) fn claim_batch_range(&self, id: u64, range: FlushRange) {
+        let mut open = self.batches.lock();
+        if let Some(slot) = open.iter_mut().find(|(b, _)| *b == id) {
+            slot.1 = Some(slot.1.map_or(range, |r| r.hull(range)));
+        }
+    }
+
+    /// Whether another open batch claims part of `range`.
+    pub(super) fn batch_overlaps_other(&self, id: u64, range: FlushRange) -> bool {
+        self.batches
+            .lock()
+            .iter()
+            .any(|&(b, r)| b != id && r.is_some_and(|r| r.overlaps(range)))
+    }
+
+    /// Closes batch `id` (after its flush).
+    pub(super) fn release_batch(&self, id: u64, nested: bool) {
+        self.batches.lock().retain(|(b, _)| *b != id);
+        self.stats.count_batch(nested);
+    }
+
+    /// Number of open batches.
+    pub fn open_batches(&self) -> usize {
+        self.batches.lock().len()
+    }
+
     // -- table operations ----------------------------------------------------------------------
 
     /// See [`PageTable::map`]. The token needs only a barrier.
     ///
     /// # Errors
     ///
-    /// [`AsError::Table`].
+    /// [`AsError::Table`]; [`AsError::BatchInFlight`] if an open batch claims part of `range`
+    /// (an entry of what it changed may still be cached until its flush).
     pub fn map(
         &self,
         range: VaRange,
@@ -363,7 +426,57 @@ impl AddressSpace {
         prefer_blocks: bool,
     ) -> Result<TlbFlush, AsError> {
         let (_g, mut pt) = self.locked();
+        let claimed = self
+            .batches
+            .lock()
+            .iter()
+            .find_map(|&(_, r)| r.filter(|r| r.overlaps(range.into())));
+        if let Some(r) = claimed {
+            return Err(AsError::BatchInFlight(r.start().unwrap_or(VirtAddr(0))));
+        }
         Ok(pt.map(range, pa, attrs, prefer_blocks)?)
+    }
+
+    /// Removes write permission from every writable page of `range` (holes allowed); see
+    /// [`PageTable::write_protect`].
+    ///
+    /// # Errors
+    ///
+    /// [`AsError::Table`].
+    pub fn write_protect(&self, range: VaRange) -> Result<TlbFlush, AsError> {
+        self.with_table(|pt| pt.write_protect(range))
+    }
+
+    /// Moves the mappings of `src` to `dst` (mremap; see [`PageTable::move_range`]) and flushes
+    /// the old range — CPU TLBs and every secondary TLB — before returning, with the table lock
+    /// still held: once it returns, a new mapping at the old address is the only thing any TLB
+    /// can reach there.
+    ///
+    /// # Errors
+    ///
+    /// [`AsError::Table`] (nothing changed); [`AsError::Flush`] (moved, but a secondary TLB may
+    /// still translate the old range: map nothing there).
+    pub fn move_range(&self, src: VaRange, dst: VirtAddr) -> Result<FlushDone, AsError> {
+        let (_g, mut pt) = self.locked();
+        let token = pt.move_range(src, dst)?;
+        self.flush(token)
+    }
+
+    /// Migrates the pages of `range` to the frames at `new_pa`: break (the entries become
+    /// invalid), flush everywhere, `copy` (nothing can write the old frames any more), make (the
+    /// entries point at the new frames), all under the table lock. A device access meanwhile
+    /// takes a translation fault and is retried by its driver.
+    ///
+    /// # Errors
+    ///
+    /// As [`AddressSpace::remap`]; `copy` does not run if the break's flush failed.
+    pub fn migrate(
+        &self,
+        range: VaRange,
+        new_pa: PhysAddr,
+        copy: impl FnOnce(),
+    ) -> Result<(), AsError> {
+        self.bbm_with(|pt| pt.remap(range, new_pa), copy)
     }
 
     /// See [`PageTable::unmap`].
@@ -413,6 +526,15 @@ impl AddressSpace {
         &self,
         op: impl FnOnce(&mut PageTable<'_>) -> Result<pgtable::Bbm, pgtable::Error>,
     ) -> Result<(), AsError> {
+        self.bbm_with(op, || {})
+    }
+
+    /// [`Self::bbm`], running `between` after the break's flush and before the make.
+    fn bbm_with(
+        &self,
+        op: impl FnOnce(&mut PageTable<'_>) -> Result<pgtable::Bbm, pgtable::Error>,
+        between: impl FnOnce(),
+    ) -> Result<(), AsError> {
         let (_g, mut pt) = self.locked();
         let (flush, make) = op(&mut pt)?.into_parts();
         let done = match self.flush(flush) {
@@ -424,6 +546,7 @@ impl AddressSpace {
                 return Err(e);
             }
         };
+        between();
         let publish = make.make(&mut pt, &done)?;
         self.flush(publish)?;
         Ok(())
@@ -598,6 +721,12 @@ impl AddressSpace {
         Ok(())
     }
 
+    /// Whether an invalidation put off by the `move-late` mode is still owed to the secondary
+    /// TLBs.
+    pub fn secondary_owes(&self) -> bool {
+        self.secondaries.owes_invalidation()
+    }
+
     /// Number of registered secondary TLBs.
     pub fn secondary_count(&self) -> usize {
         self.secondaries.len()
@@ -734,17 +863,14 @@ impl Drop for AddressSpace {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        collections::BTreeMap, string::String, sync::Mutex as StdMutex, thread, vec, vec::Vec,
-    };
+    use std::{string::String, sync::Mutex as StdMutex, thread, vec, vec::Vec};
 
     use super::*;
     use crate::mm::{
         pgtable::{
             MemType,
-            fake::{Ev, FakeMem, Log, RecordingSecondary, RecordingTlb},
+            fake::{Dma, Ev, FakeMem, Log, ModelIotlb, RecordingSecondary, RecordingTlb},
         },
-        tlb::SecondaryTlbError,
         tlb::{FlushCause, TlbiKind},
     };
 
@@ -951,65 +1077,6 @@ mod tests {
         );
     }
 
-    /// A model of the SMMU IOTLB (like QEMU's: caches the permission, faults on a cached
-    /// read-only entry without re-walking, never caches faults).
-    struct ModelIotlb {
-        entries: StdMutex<BTreeMap<(u16, u64), (u64, bool)>>,
-    }
-
-    #[derive(Debug, PartialEq, Eq)]
-    enum Dma {
-        Ok(u64),
-        Translation,
-        Permission,
-    }
-
-    impl ModelIotlb {
-        fn new() -> Arc<Self> {
-            Arc::new(Self {
-                entries: StdMutex::new(BTreeMap::new()),
-            })
-        }
-        fn access(&self, s: &AddressSpace, addr: u64, write: bool) -> Dma {
-            let key = (s.asid(), addr & !0xFFF);
-            let mut e = self.entries.lock().unwrap();
-            let (out, writable) = match e.get(&key) {
-                Some(&hit) => hit,
-                None => match s.translate(va(addr & !0xFFF)) {
-                    None => return Dma::Translation,
-                    Some(t) => {
-                        let entry = (t.pa.0, t.attrs.perms.contains(Perms::WRITE));
-                        e.insert(key, entry);
-                        entry
-                    }
-                },
-            };
-            if write && !writable {
-                Dma::Permission
-            } else {
-                Dma::Ok(out | (addr & 0xFFF))
-            }
-        }
-    }
-
-    impl SecondaryTlb for ModelIotlb {
-        fn name(&self) -> &str {
-            "iotlb"
-        }
-        fn invalidate(
-            &self,
-            asid: u16,
-            range: FlushRange,
-            _: FlushCause,
-        ) -> Result<(), SecondaryTlbError> {
-            self.entries
-                .lock()
-                .unwrap()
-                .retain(|&(a, p), _| a != asid || !range.covers(va(p)));
-            Ok(())
-        }
-    }
-
     /// The bug `legacy` reproduces: after a CPU write fault upgrades a page RO→RW in place, the
     /// device still holds the read-only entry and faults forever — unless it is told.
     #[test]
@@ -1042,22 +1109,28 @@ mod tests {
                 .unwrap(),
             )
             .unwrap();
-            assert_eq!(iotlb.access(&s, 0x1000_0010, false), Dma::Ok(0x8000_0010));
-            assert_eq!(iotlb.access(&s, 0x1000_1010, false), Dma::Ok(0x8000_1010));
+            assert_eq!(
+                iotlb.access_space(&s, 0x1000_0010, false),
+                Dma::Ok(0x8000_0010)
+            );
+            assert_eq!(
+                iotlb.access_space(&s, 0x1000_1010, false),
+                Dma::Ok(0x8000_1010)
+            );
             // The CPU writes: permission fault, resolved by an in-place upgrade.
             assert_eq!(
                 s.handle_fault(va(0x1000_0010), W),
                 Ok(FaultOutcome::Upgraded)
             );
             assert_eq!(
-                iotlb.access(&s, 0x1000_0010, true),
+                iotlb.access_space(&s, 0x1000_0010, true),
                 write_after_upgrade,
                 "{mode}"
             );
             // Break-before-make remap of the second page.
             s.remap(range(0x1000_1000, 4096), pa(0x9000_1000)).unwrap();
             assert_eq!(
-                iotlb.access(&s, 0x1000_1010, false),
+                iotlb.access_space(&s, 0x1000_1010, false),
                 read_after_remap,
                 "{mode}"
             );

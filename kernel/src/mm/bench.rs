@@ -141,18 +141,7 @@ impl Drop for Subject {
 }
 
 fn delta(now: &FlushStatsSnapshot, before: &FlushStatsSnapshot) -> FlushStatsSnapshot {
-    FlushStatsSnapshot {
-        page_flushes: now.page_flushes - before.page_flushes,
-        range_flushes: now.range_flushes - before.range_flushes,
-        all_flushes: now.all_flushes - before.all_flushes,
-        barrier_only: now.barrier_only - before.barrier_only,
-        upgrade_flushes: now.upgrade_flushes - before.upgrade_flushes,
-        cpu_tlbis: now.cpu_tlbis - before.cpu_tlbis,
-        secondary_notifications: now.secondary_notifications - before.secondary_notifications,
-        secondary_skipped: now.secondary_skipped - before.secondary_skipped,
-        secondary_failures: now.secondary_failures - before.secondary_failures,
-        frames_freed: now.frames_freed - before.frames_freed,
-    }
+    now.since(before)
 }
 
 /// One line per operation: flushes by kind, CPU TLBIs, secondary notifications, SMMU commands.

@@ -4,6 +4,7 @@
 pub mod addr;
 pub mod address_space;
 pub mod asid;
+pub mod batch;
 pub mod context;
 pub mod frame;
 pub mod heap;

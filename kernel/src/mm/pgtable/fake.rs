@@ -161,6 +161,8 @@ pub(crate) enum Ev {
         range: FlushRange,
         cause: FlushCause,
     },
+    /// A test's marker (e.g. a deferred release ran).
+    Marker(u64),
 }
 
 /// A shared, ordered event log.
@@ -270,5 +272,79 @@ impl SecondaryTlb for RecordingSecondary {
         } else {
             Ok(())
         }
+    }
+}
+
+/// A model of the SMMU's IOTLB, like QEMU's: it caches the permission with the translation,
+/// faults on a cached read-only entry without re-walking, and never caches faults. Registered
+/// as a secondary TLB, it forgets exactly what it is told to.
+pub(crate) struct ModelIotlb {
+    entries: Mutex<std::collections::BTreeMap<(u16, u64), (u64, bool)>>,
+}
+
+/// What a modelled device access did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Dma {
+    /// It went through to this physical address.
+    Ok(u64),
+    /// Translation fault (nothing mapped, nothing cached).
+    Translation,
+    /// Permission fault (a write through a read-only entry, cached or walked).
+    Permission,
+}
+
+impl ModelIotlb {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            entries: Mutex::new(std::collections::BTreeMap::new()),
+        })
+    }
+
+    /// An access at `addr` in `space`, through the cache.
+    pub(crate) fn access_space(
+        &self,
+        space: &crate::mm::address_space::AddressSpace,
+        addr: u64,
+        write: bool,
+    ) -> Dma {
+        let key = (space.asid(), addr & !0xFFF);
+        let mut e = self.entries.lock().unwrap();
+        let (out, writable) = match e.get(&key) {
+            Some(&hit) => hit,
+            None => match space.translate(crate::mm::VirtAddr(addr & !0xFFF)) {
+                None => return Dma::Translation,
+                Some(t) => {
+                    let entry = (
+                        t.pa.0,
+                        t.attrs.perms.contains(crate::mm::pgtable::Perms::WRITE),
+                    );
+                    e.insert(key, entry);
+                    entry
+                }
+            },
+        };
+        if write && !writable {
+            Dma::Permission
+        } else {
+            Dma::Ok(out | (addr & 0xFFF))
+        }
+    }
+}
+
+impl SecondaryTlb for ModelIotlb {
+    fn name(&self) -> &str {
+        "iotlb"
+    }
+    fn invalidate(
+        &self,
+        asid: u16,
+        range: FlushRange,
+        _: FlushCause,
+    ) -> Result<(), SecondaryTlbError> {
+        self.entries
+            .lock()
+            .unwrap()
+            .retain(|&(a, p), _| a != asid || !range.covers(crate::mm::VirtAddr(p)));
+        Ok(())
     }
 }

@@ -163,6 +163,8 @@ pub enum Error {
     BbmConflict(VirtAddr),
     /// The make step was given no proof of its own flush, or another page table.
     FlushNotDone,
+    /// A move's source and destination ranges overlap.
+    MoveOverlap,
 }
 
 impl fmt::Display for Error {
@@ -180,6 +182,7 @@ impl fmt::Display for Error {
             Error::InvalidAttrs(e) => write!(f, "invalid attributes: {e}"),
             Error::BbmConflict(va) => write!(f, "entry at {va} changed during break-before-make"),
             Error::FlushNotDone => f.write_str("break-before-make completed without its flush"),
+            Error::MoveOverlap => f.write_str("move source and destination overlap"),
         }
     }
 }
@@ -797,6 +800,195 @@ impl<'a> PageTable<'a> {
                     ch.leaf(base, level);
                 }
                 DescKind::Invalid => {}
+            }
+            Ok(())
+        });
+        debug_assert!(r.is_ok());
+    }
+
+    /// Unmaps whatever is mapped in `range`, leaving holes alone — the zap of a batch
+    /// ([`AddressSpace::batch`](crate::mm::address_space::AddressSpace::batch)), which may find
+    /// that a concurrent batch already cleared some or all of it. A token that changed nothing
+    /// needs no flush of its own; the batch decides whether another CPU's pending flush must be
+    /// waited for by flushing anyway.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AddressRange`], [`Error::BlockInTheWay`] if the range covers part of a block.
+    pub fn unmap_present(&mut self, range: VaRange) -> Result<TlbFlush, Error> {
+        let (s, e) = self.offsets(range)?;
+        self.check_whole_leaves(self.root, 0, s, e)?;
+        let mut ch = Changes::new(false);
+        self.unmap_apply(self.root, 0, s, e, &mut ch);
+        Ok(ch.into_flush(self, FlushCause::Unmap))
+    }
+
+    /// Every leaf overlapping `[s, e)` lies entirely inside it (holes allowed).
+    fn check_whole_leaves(&self, table: PhysAddr, level: u8, s: u64, e: u64) -> Result<(), Error> {
+        for_each_entry(level, s, e, |i, base, cs, ce| {
+            let d = self.read(table, i);
+            match d.kind(level) {
+                DescKind::Invalid => Ok(()),
+                DescKind::Table => self.check_whole_leaves(d.addr(), level + 1, cs, ce),
+                DescKind::Block | DescKind::Page if cs != base || ce != base + span(level) => {
+                    Err(Error::BlockInTheWay(self.va(base)))
+                }
+                DescKind::Block | DescKind::Page => Ok(()),
+            }
+        })
+    }
+
+    /// Removes write permission from every writable leaf in `range`, in place, leaving holes and
+    /// read-only leaves alone: what fork does to the parent before its pages are shared
+    /// copy-on-write (Linux's `copy_present_pte` → `ptep_set_wrprotect`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AddressRange`], [`Error::BlockInTheWay`].
+    pub fn write_protect(&mut self, range: VaRange) -> Result<TlbFlush, Error> {
+        let (s, e) = self.offsets(range)?;
+        self.check_whole_leaves(self.root, 0, s, e)?;
+        let mut ch = Changes::new(false);
+        self.for_each_leaf(self.root, 0, s, e, &mut |table, i, level, base, d| {
+            let perms = d.attrs().perms;
+            if perms.contains(Perms::WRITE) {
+                self.write(table, i, d.with_perms(perms - Perms::WRITE));
+                ch.leaf(base, level);
+            }
+            Ok(())
+        })?;
+        Ok(ch.into_flush(self, FlushCause::Protect))
+    }
+
+    // -- move ----------------------------------------------------------------------------------
+
+    /// Moves every mapping of `src` to the same offsets from `dst` (mremap): leaves keep their
+    /// frames, attributes and sizes; a level-3 table whose whole 2 MiB lies in `src` moves as one
+    /// table entry when `dst` is 2 MiB-aligned with it (Linux's `move_normal_pmd`). `dst` must be
+    /// unmapped. Source tables left empty are unlinked and freed by the flush.
+    ///
+    /// The destination entries are new (invalid → valid) and the source entries invalid
+    /// afterwards, so the token invalidates the source range only — and must complete before
+    /// anything else is mapped there, or a TLB could still send the old address to the moved
+    /// page.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Misaligned`] (`dst`, or a block that would land misaligned),
+    /// [`Error::AddressRange`], [`Error::MoveOverlap`], [`Error::NotMapped`] (a hole in `src`),
+    /// [`Error::BlockInTheWay`], [`Error::AlreadyMapped`] (something in the destination),
+    /// [`Error::OutOfFrames`] (then the source is untouched; empty destination tables may have
+    /// been linked).
+    pub fn move_range(&mut self, src: VaRange, dst: VirtAddr) -> Result<TlbFlush, Error> {
+        if !dst.0.is_multiple_of(PAGE_SIZE) {
+            return Err(Error::Misaligned);
+        }
+        let dst_range = VaRange::from_pages(dst, src.pages())?;
+        let (s, e) = self.offsets(src)?;
+        let (ds, de) = self.offsets(dst_range)?;
+        if ds < e && s < de {
+            return Err(Error::MoveOverlap);
+        }
+        self.check_mapped(self.root, 0, s, e)?;
+        self.for_each_leaf(self.root, 0, ds, de, &mut |_, _, _, base, _| {
+            Err(Error::AlreadyMapped(self.va(base.max(ds))))
+        })?;
+        let delta = ds.wrapping_sub(s);
+        // What moves: whole level-3 tables where both sides allow it, leaves elsewhere.
+        let mut moves: Vec<(u64, u8, Descriptor, bool)> = Vec::new();
+        self.collect_moves(self.root, 0, s, e, delta, &mut moves)?;
+        // Make every destination slot reachable first, so a lack of frames changes nothing that
+        // is mapped.
+        let mut slots = Vec::with_capacity(moves.len());
+        for &(off, level, _, _) in &moves {
+            slots.push(self.ensure_slot(off.wrapping_add(delta), level)?);
+        }
+        let mut ch = Changes::new(false);
+        for (&(off, level, d, whole_table), (table, i)) in moves.iter().zip(slots) {
+            self.write(table, i, d);
+            let (st, si) = self
+                .slot_at(off, level)
+                .expect("collect_moves found this entry");
+            self.write(st, si, Descriptor::INVALID);
+            ch.leaf(off, level);
+            if whole_table {
+                // A moved table: its 512 page entries may be cached under the old VAs, and the
+                // walk caches hold the old level-2 entry.
+                ch.all_l2_blocks = false;
+                ch.leaf_only = false;
+            }
+        }
+        self.prune_empty(self.root, 0, s, e, &mut ch);
+        Ok(ch.into_flush(self, FlushCause::Move))
+    }
+
+    /// Collects `(source offset, level, descriptor, whole table)` for each entry that moves.
+    fn collect_moves(
+        &self,
+        table: PhysAddr,
+        level: u8,
+        s: u64,
+        e: u64,
+        delta: u64,
+        out: &mut Vec<(u64, u8, Descriptor, bool)>,
+    ) -> Result<(), Error> {
+        for_each_entry(level, s, e, |i, base, cs, ce| {
+            let d = self.read(table, i);
+            match d.kind(level) {
+                DescKind::Table
+                    if level == 2
+                        && cs == base
+                        && ce == base + span(2)
+                        && base.wrapping_add(delta).is_multiple_of(span(2)) =>
+                {
+                    out.push((base, 2, d, true));
+                    Ok(())
+                }
+                DescKind::Table => self.collect_moves(d.addr(), level + 1, cs, ce, delta, out),
+                DescKind::Block | DescKind::Page => {
+                    if !base.wrapping_add(delta).is_multiple_of(span(level)) {
+                        return Err(Error::Misaligned);
+                    }
+                    out.push((base, level, d, false));
+                    Ok(())
+                }
+                DescKind::Invalid => Ok(()),
+            }
+        })
+    }
+
+    /// The slot for the level-`level` entry of `off`, creating the tables above it. Only called
+    /// on offsets known to be unmapped.
+    fn ensure_slot(&self, off: u64, level: u8) -> Result<(PhysAddr, usize), Error> {
+        let mut table = self.root;
+        for l in 0..level {
+            let i = index(off, l);
+            let d = self.read(table, i);
+            table = match d.kind(l) {
+                DescKind::Table => d.addr(),
+                DescKind::Invalid => {
+                    let t = self.frames.alloc_zeroed_frame().ok_or(Error::OutOfFrames)?;
+                    publish_fence();
+                    self.write(table, i, Descriptor::table(t));
+                    t
+                }
+                DescKind::Block | DescKind::Page => return Err(Error::AlreadyMapped(self.va(off))),
+            };
+        }
+        Ok((table, index(off, level)))
+    }
+
+    /// Unlinks the tables in `[s, e)` that hold no valid entry, handing them to `ch`.
+    fn prune_empty(&self, table: PhysAddr, level: u8, s: u64, e: u64, ch: &mut Changes) {
+        let r = for_each_entry(level, s, e, |i, _, cs, ce| {
+            let d = self.read(table, i);
+            if d.kind(level) == DescKind::Table {
+                self.prune_empty(d.addr(), level + 1, cs, ce, ch);
+                if self.table_is_empty(d.addr()) {
+                    self.write(table, i, Descriptor::INVALID);
+                    ch.freed.push(d.addr());
+                    ch.leaf_only = false;
+                }
             }
             Ok(())
         });

@@ -15,7 +15,7 @@ use crate::mm::{
     tlb::{
         cpu_plan::{TlbFeatures, TlbScope, TlbiOp, plan},
         secondary::{NotifyReport, SecondaryTlbError, SecondaryTlbs},
-        token::{FlushDone, Parts, TlbFlush},
+        token::{Deferred, FlushDone, Parts, TlbFlush},
     },
 };
 
@@ -59,6 +59,9 @@ pub struct FlushStats {
     secondary_skipped: AtomicU64,
     secondary_failures: AtomicU64,
     frames_freed: AtomicU64,
+    deferred_released: AtomicU64,
+    batches: AtomicU64,
+    nested_batches: AtomicU64,
 }
 
 /// A copy of [`FlushStats`] at one moment.
@@ -84,6 +87,34 @@ pub struct FlushStatsSnapshot {
     pub secondary_failures: u64,
     /// Table frames freed after their flush.
     pub frames_freed: u64,
+    /// Deferred work items (data-frame releases) run after their flush.
+    pub deferred_released: u64,
+    /// Batches ended.
+    pub batches: u64,
+    /// Batches that ended while another batch of the address space was in flight, and so
+    /// flushed their whole range ([`FlushCause::NestedBatch`](super::FlushCause)).
+    pub nested_batches: u64,
+}
+
+impl FlushStatsSnapshot {
+    /// What was counted between `before` and this snapshot.
+    pub fn since(&self, before: &FlushStatsSnapshot) -> FlushStatsSnapshot {
+        FlushStatsSnapshot {
+            page_flushes: self.page_flushes - before.page_flushes,
+            range_flushes: self.range_flushes - before.range_flushes,
+            all_flushes: self.all_flushes - before.all_flushes,
+            barrier_only: self.barrier_only - before.barrier_only,
+            upgrade_flushes: self.upgrade_flushes - before.upgrade_flushes,
+            cpu_tlbis: self.cpu_tlbis - before.cpu_tlbis,
+            secondary_notifications: self.secondary_notifications - before.secondary_notifications,
+            secondary_skipped: self.secondary_skipped - before.secondary_skipped,
+            secondary_failures: self.secondary_failures - before.secondary_failures,
+            frames_freed: self.frames_freed - before.frames_freed,
+            deferred_released: self.deferred_released - before.deferred_released,
+            batches: self.batches - before.batches,
+            nested_batches: self.nested_batches - before.nested_batches,
+        }
+    }
 }
 
 impl FlushStats {
@@ -101,6 +132,17 @@ impl FlushStats {
             secondary_skipped: r(&self.secondary_skipped),
             secondary_failures: r(&self.secondary_failures),
             frames_freed: r(&self.frames_freed),
+            deferred_released: r(&self.deferred_released),
+            batches: r(&self.batches),
+            nested_batches: r(&self.nested_batches),
+        }
+    }
+
+    /// Counts one ended batch, nested or not.
+    pub fn count_batch(&self, nested: bool) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        if nested {
+            self.nested_batches.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -222,6 +264,8 @@ pub fn execute(token: TlbFlush, target: &FlushTarget<'_>) -> Result<FlushDone, F
         upgrade_only,
         barrier,
         freed,
+        deferred,
+        gathered,
     } = token.take();
     let Some(inval) = inval else {
         if barrier {
@@ -232,9 +276,16 @@ pub fn execute(token: TlbFlush, target: &FlushTarget<'_>) -> Result<FlushDone, F
                 s.barrier_only.fetch_add(1, Ordering::Relaxed);
             }
         }
-        free_frames(freed, target);
+        release(freed, deferred, target);
         return Ok(done);
     };
+    // `gather-late` reproduces an ordering bug: the batch's frames go back (and its deferred
+    // work runs) before the secondary TLBs hear of the change.
+    let mut pending = Some((freed, deferred));
+    let free_early = gathered
+        && target
+            .secondaries
+            .is_some_and(|l| l.effective_mode().frees_before_telling());
 
     if let Some(s) = target.stats {
         let c = match inval.range.page_count() {
@@ -259,6 +310,12 @@ pub fn execute(token: TlbFlush, target: &FlushTarget<'_>) -> Result<FlushDone, F
     if let Some(s) = target.stats {
         s.cpu_tlbis.fetch_add(n, Ordering::Relaxed);
     }
+    if free_early {
+        target.tlb.dsb_ish();
+        if let Some((freed, deferred)) = pending.take() {
+            release(freed, deferred, target);
+        }
+    }
     let secondary = match (scope, target.secondaries) {
         (TlbScope::Asid(asid), Some(list)) => {
             let report = list.notify(asid, inval.range, cause, upgrade_only);
@@ -279,30 +336,44 @@ pub fn execute(token: TlbFlush, target: &FlushTarget<'_>) -> Result<FlushDone, F
     target.tlb.dsb_ish();
     target.tlb.isb();
 
-    match secondary {
-        Ok(()) => {
-            free_frames(freed, target);
+    match (secondary, pending) {
+        (Ok(()), Some((freed, deferred))) => {
+            release(freed, deferred, target);
             Ok(done)
         }
-        Err(e) => {
-            if !freed.is_empty() {
-                log::error!(
-                    "leaking {} table frame(s) after a failed secondary flush",
-                    freed.len()
-                );
+        (Ok(()), None) => Ok(done),
+        (Err(e), pending) => {
+            if let Some((freed, deferred)) = pending {
+                if !freed.is_empty() || !deferred.is_empty() {
+                    log::error!(
+                        "leaking {} table frame(s) and {} deferred release(s) after a failed \
+                         secondary flush",
+                        freed.len(),
+                        deferred.len()
+                    );
+                }
+                // Never run: the work would free memory a secondary walker may still reach.
+                core::mem::forget(deferred);
             }
             Err(e)
         }
     }
 }
 
-fn free_frames(freed: Vec<PhysAddr>, target: &FlushTarget<'_>) {
+/// Frees the table frames, then runs the deferred work (data frames go back after the tables
+/// that pointed at them).
+fn release(freed: Vec<PhysAddr>, deferred: Vec<Deferred>, target: &FlushTarget<'_>) {
     let n = freed.len() as u64;
     for pa in freed {
         target.frames.free_frame(pa);
     }
     if let Some(s) = target.stats {
         s.frames_freed.fetch_add(n, Ordering::Relaxed);
+        s.deferred_released
+            .fetch_add(deferred.len() as u64, Ordering::Relaxed);
+    }
+    for work in deferred {
+        work();
     }
 }
 
@@ -337,9 +408,17 @@ pub fn flush_kernel(
 /// built with the MMU off and not yet installed in any TTBR or SMMU context descriptor. The
 /// caller must still issue the barriers that precede enabling the MMU.
 pub unsafe fn complete_without_tlb(token: TlbFlush, frames: &dyn FrameSource) -> FlushDone {
-    let Parts { done, freed, .. } = token.take();
+    let Parts {
+        done,
+        freed,
+        deferred,
+        ..
+    } = token.take();
     for pa in freed {
         frames.free_frame(pa);
+    }
+    for work in deferred {
+        work();
     }
     done
 }

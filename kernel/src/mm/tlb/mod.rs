@@ -54,7 +54,7 @@ pub use executor::{
 };
 pub use range::{FlushRange, RangeError, VaRange};
 pub use secondary::{
-    SecondaryTlb, SecondaryTlbError, SecondaryTlbFailure, SecondaryTlbHandle, SecondaryTlbMode,
-    SecondaryTlbs,
+    Delivery, SecondaryTlb, SecondaryTlbError, SecondaryTlbFailure, SecondaryTlbHandle,
+    SecondaryTlbMode, SecondaryTlbs,
 };
-pub use token::{FlushCause, FlushDone, Invalidation, Stride, TlbFlush};
+pub use token::{Deferred, FlushCause, FlushDone, Invalidation, Stride, TlbFlush};

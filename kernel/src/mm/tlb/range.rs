@@ -241,6 +241,16 @@ impl FlushRange {
         }
     }
 
+    /// Whether the two share a page ([`FlushRange::All`] overlaps everything).
+    pub const fn overlaps(self, other: FlushRange) -> bool {
+        match (self, other) {
+            (FlushRange::Pages(a), FlushRange::Pages(b)) => {
+                a.start().0 <= b.last_page().0 && b.start().0 <= a.last_page().0
+            }
+            _ => true,
+        }
+    }
+
     /// The smallest range covering both. Ranges in different halves give [`FlushRange::All`].
     pub fn hull(self, other: FlushRange) -> FlushRange {
         match (self, other) {

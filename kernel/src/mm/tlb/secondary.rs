@@ -25,6 +25,20 @@
 //!   path), and are told about everything else. A device then keeps faulting on its stale
 //!   read-only entry.
 //! - `off`: secondary TLBs are never told.
+//!
+//! Three more modes each reproduce one *ordering* bug of a batched or deferred flush path, the
+//! ones the Linux thread behind the 6.6 fix worried about; every other flush is told as in
+//! `sync`, so each mode breaks exactly one path:
+//!
+//! - `gather-late`: a batch ([`AddressSpace::batch`](crate::mm::address_space::AddressSpace::batch))
+//!   frees its frames and runs its deferred work *before* the secondary TLBs are told, at the
+//!   very end: a freed frame can be reused while a device still reaches it.
+//! - `nested-unaware`: the flush a batch makes because another batch of the same address space
+//!   is in flight ([`FlushCause::NestedBatch`]) reaches the CPU TLBs only: the nested batch
+//!   returns while the device still holds translations the other batch cleared.
+//! - `move-late`: a move's ([`FlushCause::Move`]) invalidation of the old range reaches the
+//!   secondary TLBs only at the next flush of the address space, after the move returned: a
+//!   device write through the old address lands in the moved page.
 
 use alloc::{string::String, sync::Arc, vec::Vec};
 use core::{
@@ -185,18 +199,65 @@ pub enum SecondaryTlbMode {
     Legacy = 1,
     /// None.
     Off = 2,
+    /// Batches free their frames before telling secondary TLBs (an ordering bug).
+    GatherLate = 3,
+    /// Nested-batch flushes do not reach secondary TLBs (an ordering bug).
+    NestedUnaware = 4,
+    /// Moves tell secondary TLBs only after they returned (an ordering bug).
+    MoveLate = 5,
+}
+
+/// When a flush reaches the secondary TLBs, as the mode decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Now, at the flush's own moment (between the CPU TLBI and the final `DSB ISH`).
+    Now,
+    /// Not at all.
+    Skip,
+    /// Only with the next flush of the address space (`move-late`).
+    Later,
 }
 
 const NO_OVERRIDE: u8 = 0xFF;
 
 impl SecondaryTlbMode {
-    /// Whether a flush with this `upgrade_only` flag is reported in this mode.
-    pub const fn should_notify(self, upgrade_only: bool) -> bool {
-        match self {
-            SecondaryTlbMode::Sync => true,
-            SecondaryTlbMode::Legacy => !upgrade_only,
-            SecondaryTlbMode::Off => false,
+    /// Every mode, in boot-argument order.
+    pub const ALL: [SecondaryTlbMode; 6] = [
+        SecondaryTlbMode::Sync,
+        SecondaryTlbMode::Legacy,
+        SecondaryTlbMode::Off,
+        SecondaryTlbMode::GatherLate,
+        SecondaryTlbMode::NestedUnaware,
+        SecondaryTlbMode::MoveLate,
+    ];
+
+    /// When a flush of `cause`, upgrade-only or not, reaches the secondary TLBs in this mode.
+    pub const fn delivery(self, cause: FlushCause, upgrade_only: bool) -> Delivery {
+        match (self, cause) {
+            (SecondaryTlbMode::Off, _) => Delivery::Skip,
+            (SecondaryTlbMode::Legacy, _) if upgrade_only => Delivery::Skip,
+            (SecondaryTlbMode::NestedUnaware, FlushCause::NestedBatch) => Delivery::Skip,
+            (SecondaryTlbMode::MoveLate, FlushCause::Move) => Delivery::Later,
+            _ => Delivery::Now,
         }
+    }
+
+    /// Whether a flush with this `upgrade_only` flag (and an ordinary cause) is reported now.
+    pub const fn should_notify(self, upgrade_only: bool) -> bool {
+        matches!(
+            self.delivery(FlushCause::Protect, upgrade_only),
+            Delivery::Now
+        )
+    }
+
+    /// Whether a batch's frames are freed before its secondary TLBs are told (`gather-late`).
+    pub const fn frees_before_telling(self) -> bool {
+        matches!(self, SecondaryTlbMode::GatherLate)
+    }
+
+    /// Whether this is the correct mode (every other one exists to show a bug).
+    pub const fn is_correct(self) -> bool {
+        matches!(self, SecondaryTlbMode::Sync)
     }
 
     /// The boot-argument spelling.
@@ -205,6 +266,9 @@ impl SecondaryTlbMode {
             SecondaryTlbMode::Sync => "sync",
             SecondaryTlbMode::Legacy => "legacy",
             SecondaryTlbMode::Off => "off",
+            SecondaryTlbMode::GatherLate => "gather-late",
+            SecondaryTlbMode::NestedUnaware => "nested-unaware",
+            SecondaryTlbMode::MoveLate => "move-late",
         }
     }
 
@@ -212,6 +276,9 @@ impl SecondaryTlbMode {
         match v {
             1 => SecondaryTlbMode::Legacy,
             2 => SecondaryTlbMode::Off,
+            3 => SecondaryTlbMode::GatherLate,
+            4 => SecondaryTlbMode::NestedUnaware,
+            5 => SecondaryTlbMode::MoveLate,
             _ => SecondaryTlbMode::Sync,
         }
     }
@@ -223,7 +290,7 @@ impl fmt::Display for SecondaryTlbMode {
     }
 }
 
-/// A notifier mode other than `sync`, `legacy` or `off`.
+/// A notifier mode not in [`SecondaryTlbMode::ALL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnknownMode;
 
@@ -232,12 +299,10 @@ impl FromStr for SecondaryTlbMode {
     type Err = UnknownMode;
 
     fn from_str(s: &str) -> Result<Self, UnknownMode> {
-        match s {
-            "sync" => Ok(SecondaryTlbMode::Sync),
-            "legacy" => Ok(SecondaryTlbMode::Legacy),
-            "off" => Ok(SecondaryTlbMode::Off),
-            _ => Err(UnknownMode),
-        }
+        SecondaryTlbMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or(UnknownMode)
     }
 }
 
@@ -282,6 +347,8 @@ pub struct SecondaryTlbs {
     list: Mutex<Arc<Vec<Arc<Entry>>>>,
     next_id: AtomicU64,
     mode_override: AtomicU8,
+    /// An invalidation put off by the mode ([`Delivery::Later`]), delivered with the next one.
+    owed: Mutex<Option<(u16, FlushRange)>>,
 }
 
 impl Default for SecondaryTlbs {
@@ -297,6 +364,7 @@ impl SecondaryTlbs {
             list: Mutex::new(Arc::new(Vec::new())),
             next_id: AtomicU64::new(1),
             mode_override: AtomicU8::new(NO_OVERRIDE),
+            owed: Mutex::new(None),
         }
     }
 
@@ -396,10 +464,39 @@ impl SecondaryTlbs {
         if list.is_empty() {
             return report;
         }
-        if !self.effective_mode().should_notify(upgrade_only) {
-            report.skipped = list.len() as u64;
-            return report;
+        match self.effective_mode().delivery(cause, upgrade_only) {
+            Delivery::Now => {}
+            Delivery::Skip => {
+                report.skipped = list.len() as u64;
+                return report;
+            }
+            Delivery::Later => {
+                let mut owed = self.owed.lock();
+                *owed = Some(match *owed {
+                    Some((a, r)) if a == asid => (asid, r.hull(range)),
+                    _ => (asid, range),
+                });
+                report.skipped = list.len() as u64;
+                return report;
+            }
         }
+        // A put-off invalidation goes out first (too late: that was the point of the mode).
+        let owed = self.owed.lock().take();
+        if let Some((owed_asid, owed_range)) = owed {
+            self.notify_list(&list, owed_asid, owed_range, FlushCause::Move, &mut report);
+        }
+        self.notify_list(&list, asid, range, cause, &mut report);
+        report
+    }
+
+    fn notify_list(
+        &self,
+        list: &[Arc<Entry>],
+        asid: u16,
+        range: FlushRange,
+        cause: FlushCause,
+        report: &mut NotifyReport,
+    ) {
         for e in list.iter() {
             match Self::call(e, asid, range, cause) {
                 None => {}
@@ -417,7 +514,11 @@ impl SecondaryTlbs {
                 }
             }
         }
-        report
+    }
+
+    /// Whether an invalidation put off by `move-late` is still owed to the secondary TLBs.
+    pub fn owes_invalidation(&self) -> bool {
+        self.owed.lock().is_some()
     }
 
     /// Reports one invalidation to a single, already unregistered TLB (teardown of a
@@ -435,6 +536,10 @@ impl SecondaryTlbs {
         cause: FlushCause,
     ) -> Result<(), SecondaryTlbError> {
         if self.effective_mode().should_notify(false) {
+            if range == FlushRange::All {
+                // Whatever `move-late` still owes is covered.
+                self.owed.lock().take();
+            }
             tlb.invalidate(asid, range, cause)
         } else {
             Ok(())

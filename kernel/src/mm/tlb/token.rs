@@ -1,7 +1,7 @@
 //! The flush token: what a page-table change requires before it is complete, and the proof
 //! ([`FlushDone`]) that it was.
 
-use alloc::vec::Vec;
+use alloc::{boxed::Box, vec::Vec};
 use core::{
     fmt,
     sync::atomic::{AtomicU64, Ordering},
@@ -34,6 +34,13 @@ pub enum FlushCause {
     Release,
     /// Several tokens merged with [`TlbFlush::merge`].
     Batch,
+    /// Mappings moved to another VA (mremap): the old VAs are invalidated.
+    Move,
+    /// A batch that ended while another batch of the same address space was still in flight:
+    /// the whole range it was asked to change is flushed, whatever it cleared itself, so it
+    /// cannot return before the translations the other batch cleared are gone (Linux's
+    /// `mm_tlb_flush_nested`).
+    NestedBatch,
 }
 
 /// How much a single CPU TLBI by VA covers for this flush.
@@ -60,6 +67,10 @@ pub struct Invalidation {
 
 static NEXT_FLUSH_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Work that may run only once a flush completed on the CPU and on every secondary TLB —
+/// typically freeing the data frames a change unmapped.
+pub type Deferred = Box<dyn FnOnce() + Send>;
+
 /// What a page-table change requires before it is complete: a TLB invalidation (or just a
 /// barrier), and table frames that may be freed only after it.
 ///
@@ -78,6 +89,8 @@ pub struct TlbFlush {
     upgrade_only: bool,
     barrier: bool,
     freed: Vec<PhysAddr>,
+    deferred: Vec<Deferred>,
+    gathered: bool,
     armed: bool,
 }
 
@@ -92,6 +105,8 @@ impl TlbFlush {
             upgrade_only: false,
             barrier: false,
             freed: Vec::new(),
+            deferred: Vec::new(),
+            gathered: false,
             armed: true,
         }
     }
@@ -158,7 +173,47 @@ impl TlbFlush {
     }
     /// Whether completing it does nothing at all.
     pub fn is_noop(&self) -> bool {
-        !self.barrier && self.inval.is_none() && self.freed.is_empty()
+        !self.barrier && self.inval.is_none() && self.freed.is_empty() && self.deferred.is_empty()
+    }
+
+    /// Adds work that runs only after the flush completed everywhere (CPU TLBs, every secondary
+    /// TLB and its completion), after the table frames were freed. If the flush fails the work
+    /// never runs: what it would free is leaked rather than risk a device reaching it.
+    pub fn defer(&mut self, work: Deferred) {
+        self.deferred.push(work);
+    }
+
+    /// Number of deferred work items.
+    pub fn deferred_len(&self) -> usize {
+        self.deferred.len()
+    }
+
+    /// Marks the token as the end of a batch (the `gather-late` mode reorders only those).
+    pub(crate) fn mark_gathered(&mut self) {
+        self.gathered = true;
+    }
+
+    /// Whether the token ends a batch.
+    pub fn is_gathered(&self) -> bool {
+        self.gathered
+    }
+
+    /// Makes the token invalidate all of `range` (walk caches included) as a
+    /// [`FlushCause::NestedBatch`], whatever it changed itself: the flush of a batch that ran
+    /// while another batch of the address space was in flight.
+    pub(crate) fn force_nested(&mut self, range: FlushRange) {
+        let range = match self.inval {
+            Some(inv) => inv.range.hull(range),
+            None => range,
+        };
+        self.inval = Some(Invalidation {
+            range,
+            leaf_only: false,
+            stride: Stride::Page,
+        });
+        self.upgrade_only = false;
+        self.barrier = true;
+        self.cause = FlushCause::NestedBatch;
     }
     /// Table frames freed when the flush completes.
     pub fn freed_tables(&self) -> &[PhysAddr] {
@@ -190,6 +245,8 @@ impl TlbFlush {
         self.absorbed.push(other.id);
         self.absorbed.append(&mut other.absorbed);
         self.freed.append(&mut other.freed);
+        self.deferred.append(&mut other.deferred);
+        self.gathered |= other.gathered;
         self.barrier |= other.barrier;
         if self.cause != other.cause {
             self.cause = FlushCause::Batch;
@@ -227,6 +284,8 @@ impl TlbFlush {
             upgrade_only: self.upgrade_only,
             barrier: self.barrier,
             freed: core::mem::take(&mut self.freed),
+            deferred: core::mem::take(&mut self.deferred),
+            gathered: self.gathered,
         }
     }
 }
@@ -239,6 +298,8 @@ pub(super) struct Parts {
     pub(super) upgrade_only: bool,
     pub(super) barrier: bool,
     pub(super) freed: Vec<PhysAddr>,
+    pub(super) deferred: Vec<Deferred>,
+    pub(super) gathered: bool,
 }
 
 impl fmt::Debug for TlbFlush {
@@ -250,14 +311,20 @@ impl fmt::Debug for TlbFlush {
             .field("upgrade_only", &self.upgrade_only)
             .field("barrier", &self.barrier)
             .field("freed", &self.freed)
+            .field("deferred", &self.deferred.len())
+            .field("gathered", &self.gathered)
             .finish()
     }
 }
 
 impl Drop for TlbFlush {
     fn drop(&mut self) {
-        if self.armed && (self.inval.is_some() || !self.freed.is_empty()) {
+        if self.armed
+            && (self.inval.is_some() || !self.freed.is_empty() || !self.deferred.is_empty())
+        {
             log::error!("TLB flush dropped without being performed ({self:?}); leaking its frames");
+            // The deferred work may free memory a walker still reaches: never run, never drop.
+            core::mem::forget(core::mem::take(&mut self.deferred));
         }
     }
 }
