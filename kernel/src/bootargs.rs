@@ -24,7 +24,7 @@ pub struct BootConfig {
     /// `ktest[=FILTER]`: run the on-target tests whose name contains FILTER instead of the main
     /// job (a bare `ktest` runs them all).
     pub ktest: Option<String>,
-    /// `secondary_tlb=sync|legacy|off` (default `sync`).
+    /// `secondary_tlb=sync|legacy|off|gather-late|nested-unaware|move-late` (default `sync`).
     pub secondary_tlb: SecondaryTlbMode,
     /// `smmu.strtab=linear|2level` (default: 2-level when the SMMU supports it and it is needed).
     pub smmu_strtab: Option<StrtabFormat>,
@@ -173,7 +173,7 @@ pub static KEYS: &[Key] = &[
     },
     Key {
         name: "secondary_tlb",
-        accepted: "sync|legacy|off",
+        accepted: "sync|legacy|off|gather-late|nested-unaware|move-late",
         apply: |k, c, v| {
             c.secondary_tlb = value(k, v)?;
             Ok(())
@@ -267,7 +267,14 @@ mod tests {
             BootConfig::parse("ktest=").unwrap().ktest.as_deref(),
             Some("")
         );
-        for m in ["sync", "legacy", "off"] {
+        for m in [
+            "sync",
+            "legacy",
+            "off",
+            "gather-late",
+            "nested-unaware",
+            "move-late",
+        ] {
             let c = BootConfig::parse(&alloc::format!("secondary_tlb={m}")).unwrap();
             assert_eq!(c.secondary_tlb.as_str(), m);
         }
@@ -292,21 +299,21 @@ mod tests {
             Err(BootArgError::BadValue {
                 key: "secondary_tlb",
                 value: "lazy".into(),
-                accepted: "sync|legacy|off"
+                accepted: "sync|legacy|off|gather-late|nested-unaware|move-late"
             })
         );
         assert_eq!(
             BootConfig::parse("secondary_tlb=Sync")
                 .unwrap_err()
                 .to_string(),
-            "bootargs: secondary_tlb=Sync is not accepted (expected sync|legacy|off)"
+            "bootargs: secondary_tlb=Sync is not accepted (expected sync|legacy|off|gather-late|nested-unaware|move-late)"
         );
         assert_eq!(
             BootConfig::parse("secondary_tlb="),
             Err(BootArgError::BadValue {
                 key: "secondary_tlb",
                 value: String::new(),
-                accepted: "sync|legacy|off"
+                accepted: "sync|legacy|off|gather-late|nested-unaware|move-late"
             })
         );
         assert_eq!(

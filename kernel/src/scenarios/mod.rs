@@ -6,7 +6,9 @@
 //! Each scenario is a function of the mode returning an [`Outcome`]; the on-target tests
 //! assert on it and the main job prints it as a table row.
 
+pub mod batching;
 pub mod blocks;
+pub mod moves;
 mod outcome;
 pub use outcome::Outcome;
 pub mod permission;
