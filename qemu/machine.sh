@@ -6,8 +6,9 @@
 
 # SMMUv3 in front of the PCIe root bus; GICv3 (system-register CPU interface, >8 CPUs).
 QEMU_MACHINE_ARGS=(-M virt,iommu=smmuv3,gic-version=3)
-# FEAT_TLBIRANGE and 16-bit ASIDs. Two CPUs for the concurrent-flush tests. 1 GiB of RAM.
-QEMU_CPU_ARGS=(-cpu max -smp 2 -m 1G)
+# FEAT_TLBIRANGE and 16-bit ASIDs. Two CPUs for the concurrent-flush tests (QEMU_SMP=N for
+# another count, 1..8: the kernel's limit). 1 GiB of RAM.
+QEMU_CPU_ARGS=(-cpu max -smp "${QEMU_SMP:-2}" -m 1G)
 # Console on stdio, no default NIC (it would take 00:01.0 from edu), semihosting for the
 # exit status.
 QEMU_IO_ARGS=(-nographic -nic none -semihosting)
@@ -18,6 +19,17 @@ QEMU_DEVICE_ARGS=(-device edu,dma_mask=0xffffffffffffffff)
 # Deterministic virtual time: with sleep=off a CPU idle in WFI warps virtual time to the next
 # timer (edu's 100 ms DMA timer completes at once). Each instruction counts 2^shift ns.
 QEMU_ICOUNT_DEFAULT_SHIFT=7
+
+# Checks QEMU_SMP (unset means 2).
+check_smp() {
+    case ${QEMU_SMP:-2} in
+        [1-8]) ;;
+        *)
+            echo "QEMU_SMP must be a CPU count 1..8, not '$QEMU_SMP'" >&2
+            return 1
+            ;;
+    esac
+}
 
 # Sets QEMU_ICOUNT_ARGS from QEMU_ICOUNT=on|off|<shift 0..10> (unset means on).
 set_icount_args() {

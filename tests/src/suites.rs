@@ -56,6 +56,11 @@ pub const SUITES: &[Suite] = &[
         "-device pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1 \
          -device edu,bus=rp1,dma_mask=0xffffffffffffffff",
     )]),
+    // One CPU and four: the batch, nested-flush and migration scenarios adapt to the CPUs
+    // online (interleaved batches on one CPU, nested batches on every CPU), and the tests that
+    // need a second CPU are skipped on one.
+    Suite::new("one-cpu", "").with_env(&[("QEMU_SMP", "1")]),
+    Suite::new("four-cpus", "").with_env(&[("QEMU_SMP", "4")]),
     // DMA completion by polling instead of the edu interrupt.
     Suite::new("edu-poll", "edu.completion=poll"),
     // Entered at EL2 (the boot stub drops to EL1; PSCI then goes through SMC) with a GICv2
