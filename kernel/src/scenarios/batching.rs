@@ -339,3 +339,59 @@ crate::ktest! {
         Ok(())
     }
 }
+
+/// SMMU commands and `CMD_SYNC`s of unmapping `pages` pages one flush per page, and in one
+/// batch: `(per page, batched)`.
+fn gather_costs(
+    rig: &Rig,
+    frames: &Frames,
+    pages: u64,
+) -> Result<(smmu::CounterSnapshot, smmu::CounterSnapshot), String> {
+    let x = IOVA_BASE + 0x1_0000_0000;
+    rig.map(x, frames.pa(0), pages, Perms::RW)?;
+    let (r, single) = commands_during(|| -> Result<(), String> {
+        for i in 0..pages {
+            let t = rig
+                .space
+                .unmap(range(x + i * PAGE_SIZE, 1)?)
+                .map_err(|e| format!("unmap: {e}"))?;
+            rig.space.flush(t).map_err(|e| format!("flush: {e}"))?;
+        }
+        Ok(())
+    });
+    r?;
+    rig.map(x, frames.pa(0), pages, Perms::RW)?;
+    let (r, batched) = commands_during(|| -> Result<(), String> {
+        let mut b = rig.space.batch();
+        for i in 0..pages {
+            b.unmap(range(x + i * PAGE_SIZE, 1)?)
+                .map_err(|e| format!("batch unmap: {e}"))?;
+        }
+        b.finish().map_err(|e| format!("batch finish: {e}"))?;
+        Ok(())
+    });
+    r?;
+    Ok((single, batched))
+}
+
+crate::ktest! {
+    /// Figures: SMMU commands and CMD_SYNCs for unmapping 1, 16, 256 and 4096 pages with one
+    /// flush per page and in one batch (printed as `gather-costs` lines). A batch costs one
+    /// CMD_SYNC whatever its size; one flush per page costs one per page.
+    fn s13_gather_costs() {
+        let rig = Rig::new(0, SecondaryTlbMode::Sync)?;
+        let frames = Frames::alloc(4096, PAGE_SIZE)?;
+        for pages in [1u64, 16, 256, 4096] {
+            let (single, batched) = gather_costs(&rig, &frames, pages)?;
+            crate::println!(
+                "gather-costs pages={pages} per-page: commands={} sync={} nh_va={} range={} asid={} | batch: commands={} sync={} nh_va={} range={} asid={}",
+                single.commands, single.sync, single.tlbi_nh_va, single.tlbi_nh_va_range, single.tlbi_nh_asid,
+                batched.commands, batched.sync, batched.tlbi_nh_va, batched.tlbi_nh_va_range, batched.tlbi_nh_asid
+            );
+            kassert_eq!(single.sync, pages, "one CMD_SYNC per flushed page ({pages} pages)");
+            kassert_eq!(batched.sync, 1, "one CMD_SYNC per batch ({pages} pages)");
+            kassert!(batched.commands <= single.commands, "the batch never costs more ({pages} pages)");
+        }
+        Ok(())
+    }
+}

@@ -22,19 +22,38 @@ use alloc::string::String;
 /// A scenario: run it in a mode, get what the device did.
 pub type Scenario = fn(SecondaryTlbMode) -> Result<Outcome, String>;
 
-/// Further acts of the main job: (title, introduction, scenario), each run with the SMMU left
-/// out (`off`) and told (`sync`).
-pub static DEMO_EXTRAS: &[(&str, &str, Scenario)] = &[
+/// Further acts of the main job: (title, introduction, scenario, the mode that shows the bug),
+/// each run in that mode and then told correctly (`sync`).
+pub static DEMO_EXTRAS: &[(&str, &str, Scenario, SecondaryTlbMode)] = &[
     (
         "Act 3: a range too large for page-by-page invalidation",
         "512 and 600 pages cached, then upgraded in one operation. Like Linux (512 pages at\n\
          4 KiB), the planner sends one TLBI_NH_ASID instead of hundreds of commands:",
         ranges::range_protect_large,
+        SecondaryTlbMode::Off,
     ),
     (
         "Act 4: the whole address space",
         "Pages at the lowest and the highest VA change, then one whole-address-space flush —\n\
          an explicit kind, never a wrapping or empty range:",
         ranges::whole_address_space,
+        SecondaryTlbMode::Off,
+    ),
+    (
+        "Act 5: two CPUs unmap the same pages at once",
+        "The first batch clears the pages and has not flushed yet; the second finds nothing\n\
+         left to clear. If it returned at once, or flushed only the CPU's TLB ('nested-unaware'),\n\
+         the device could still write the unmapped page. It must flush its whole range, the\n\
+         SMMU included, before it returns ('sync'):",
+        batching::nested_unmap,
+        SecondaryTlbMode::NestedUnaware,
+    ),
+    (
+        "Act 6: mremap, then a new page at the old address",
+        "move_range moves P from X to Y and the kernel maps a new page at X. If the SMMU hears\n\
+         of the move only after it returned ('move-late'), the device's write to X lands in the\n\
+         moved page. Told before the move returns ('sync'), it reaches the new page:",
+        moves::move_range_remap_old,
+        SecondaryTlbMode::MoveLate,
     ),
 ];
