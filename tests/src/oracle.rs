@@ -24,7 +24,15 @@
 //!   `TLBI_NH_ASID` and one `CMD_SYNC` per window (none in the negative controls, which
 //!   then fault);
 //! - ASID-wide precision (`s09`): the flushed ASID misses afterwards while the other address
-//!   space's ASID still hits its cached entry.
+//!   space's ASID still hits its cached entry;
+//! - nested batches (`s14`): the window is the nested batch that found nothing to clear. It
+//!   must contain an invalidation (by address or ASID-wide) covering the page the device writes
+//!   next, and that write's translation must miss (a fresh walk, which faults); in the negative
+//!   control (`nested-unaware`) nothing reaches the SMMU and the write hits the stale entry;
+//! - `move_range` (`s15`): the window is the move. The page the device used last before it (the
+//!   old address) must be invalidated inside the window and its next translation must miss; in
+//!   the negative control (`move-late`) nothing reaches the SMMU before the move returned and
+//!   the next translation of the old address hits the stale entry.
 
 use crate::{
     Error, build,
@@ -44,6 +52,8 @@ pub const RUNS: &[(&str, &str)] = &[
     ("range at the threshold", "s07_range_protect_threshold"),
     ("whole address space", "s08_whole_address_space"),
     ("ASID-wide precision", "s09_asid_flush_is_precise"),
+    ("nested batches", "s14_nested_unmap"),
+    ("move_range (mremap)", "s15_move_range"),
 ];
 
 /// A second edu, so the ASID-precision scenario has its two devices.
@@ -308,6 +318,39 @@ fn first_lookup(records: &[Record], asid: i64, page: u64) -> Option<bool> {
     })
 }
 
+/// Every IOTLB lookup in `records`: (ASID, page, hit).
+fn lookups(records: &[Record]) -> Vec<(i64, u64, bool)> {
+    records
+        .iter()
+        .filter_map(|r| match r.event {
+            Event::IotlbHit { asid, addr, .. } => Some((asid, addr & PAGE_MASK, true)),
+            Event::IotlbMiss { asid, addr, .. } => Some((asid, addr & PAGE_MASK, false)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `records` hold an invalidation of (`asid`, `page`): by address (single or range
+/// form) or of the whole ASID.
+fn invalidates(records: &[Record], asid: i64, page: u64) -> bool {
+    records.iter().any(|r| match r.event {
+        Event::RangeInval {
+            asid: a,
+            addr,
+            tg,
+            num_pages,
+            ..
+        } => {
+            let first = addr & PAGE_MASK;
+            let pages = if tg == 0 { 1 } else { num_pages.max(1) };
+            a == asid && page >= first && page < first + pages * 0x1000
+        }
+        Event::TlbiNhAsid { asid: a } => a == asid,
+        Event::TlbiAll => true,
+        _ => false,
+    })
+}
+
 fn inserted(records: &[Record], asid: i64, page: u64) -> bool {
     records.iter().any(|r| {
         matches!(r.event, Event::IotlbInsert { asid: a, addr, .. } if a == asid && addr & PAGE_MASK == page)
@@ -485,6 +528,50 @@ pub fn check(console: &str, records: &[Record]) -> Vec<Check> {
                 }
                 other => push("exactly one TLBI_NH_ASID", false, format!("{other:?}")),
             }
+        } else if test.starts_with("s14_nested_unmap") || test.starts_with("s15_move_range") {
+            // s14: the page the device writes right after the nested batch; s15: the old
+            // address, the page the device used last before the move.
+            let page = if test.starts_with("s14") {
+                lookups(after).first().copied()
+            } else {
+                lookups(before).last().copied()
+            };
+            let Some((asid, page, _)) = page else {
+                push(
+                    "a device translation of the page under test",
+                    false,
+                    "no IOTLB lookup found".into(),
+                );
+                continue;
+            };
+            let next = first_lookup(after, asid, page);
+            if nc {
+                push(
+                    "no invalidation reaches the SMMU inside the window",
+                    seen.nh_va == 0 && seen.nh_asid == 0 && seen.other == 0,
+                    format!("{seen}"),
+                );
+                push(
+                    "the device's next translation of the page hits the stale entry",
+                    next == Some(true),
+                    format!(
+                        "ASID {asid}, page {page:#x}: first lookup {next:?} (Some(true) = hit)"
+                    ),
+                );
+            } else {
+                push(
+                    "an invalidation covering the page inside the window",
+                    invalidates(inside, asid, page) && seen.sync >= 1,
+                    format!("ASID {asid}, page {page:#x}; {seen}"),
+                );
+                push(
+                    "the device's next translation of the page walks afresh",
+                    next == Some(false),
+                    format!(
+                        "ASID {asid}, page {page:#x}: first lookup {next:?} (Some(false) = miss)"
+                    ),
+                );
+            }
         }
     }
     out
@@ -610,6 +697,52 @@ smmu_iotlb_lookup_hit IOTLB cache HIT asid=2 addr=0x4000009000 hit=3 miss=2 hit 
             .replace("HIT asid=2", "MISS asid=2")
             .replace("lookup_hit", "lookup_miss");
         assert!(!failures(&check(console, &parse(&imprecise))).is_empty());
+    }
+
+    #[test]
+    fn move_range_needs_the_old_address_invalidated_and_missed_and_its_control_a_hit() {
+        let console = "\
+trace-mark flush-begin seq=0 test=scenarios::moves::s15_move_range
+trace-mark flush-end seq=0 nh_va=1 nh_va_range=0 nh_asid=0 sync=1
+trace-mark flush-begin seq=1 test=scenarios::moves::s15_move_range_nc_move_late
+trace-mark flush-end seq=1 nh_va=0 nh_va_range=0 nh_asid=0 sync=0
+";
+        let trace = "\
+smmu_iotlb_lookup_hit IOTLB cache HIT asid=1 addr=0x4000500000 hit=1 miss=1 hit rate=50
+smmuv3_write_mmio addr: 0x70 val:0x7eb00000 size: 0x4(0)
+smmuv3_cmdq_opcode <--- SMMU_CMD_TLBI_NH_VA
+smmuv3_s1_range_inval vmid=0 asid=1 addr=0x4000500000 tg=0 num_pages=0x1 ttl=0 leaf=0
+smmuv3_cmdq_opcode <--- SMMU_CMD_SYNC
+smmuv3_write_mmio addr: 0x70 val:0x7ee00000 size: 0x4(0)
+smmu_iotlb_lookup_miss IOTLB cache MISS asid=1 addr=0x4000500000 hit=1 miss=2 hit rate=33
+smmu_iotlb_lookup_hit IOTLB cache HIT asid=2 addr=0x4000500000 hit=2 miss=2 hit rate=50
+smmuv3_write_mmio addr: 0x70 val:0x7eb00001 size: 0x4(0)
+smmuv3_write_mmio addr: 0x70 val:0x7ee00001 size: 0x4(0)
+smmu_iotlb_lookup_hit IOTLB cache HIT asid=2 addr=0x4000500000 hit=3 miss=2 hit rate=60
+";
+        let checks = check(console, &parse(trace));
+        assert!(checks.len() >= 6, "{checks:?}");
+        assert!(failures(&checks).is_empty(), "{:?}", failures(&checks));
+        // An invalidation of another page does not cover the old address.
+        let elsewhere = trace.replace(
+            "asid=1 addr=0x4000500000 tg=0",
+            "asid=1 addr=0x4000600000 tg=0",
+        );
+        assert!(
+            failures(&check(console, &parse(&elsewhere)))
+                .iter()
+                .any(|c| c.name.contains("covering the page"))
+        );
+        // A control whose device walked afresh saw no stale entry: it would be blind.
+        let walked = trace.replace(
+            "val:0x7ee00001 size: 0x4(0)\nsmmu_iotlb_lookup_hit IOTLB cache HIT asid=2",
+            "val:0x7ee00001 size: 0x4(0)\nsmmu_iotlb_lookup_miss IOTLB cache MISS asid=2",
+        );
+        assert!(
+            failures(&check(console, &parse(&walked)))
+                .iter()
+                .any(|c| c.name.contains("stale entry"))
+        );
     }
 
     #[test]
