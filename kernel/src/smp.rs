@@ -215,18 +215,30 @@ impl<R> JobHandle<R> {
     /// from the check to the WFI, so neither wake-up can be taken (and lost) just before the
     /// WFI; they are handled when the mask is restored.
     pub fn join(self, timeout_ms: u64) -> Result<R, SmpError> {
-        let deadline = Deadline::after_ms(timeout_ms);
-        loop {
-            if let Some(r) = self.result.lock().take() {
-                return Ok(r);
-            }
-            if deadline.expired() {
-                return Err(SmpError::JobTimeout(self.cpu));
-            }
-            let was = cpu::irq_save();
-            timer::wait_until(JOIN_POLL_NS, || self.result.lock().is_some());
-            cpu::irq_restore(was);
+        wait_for(timeout_ms, || self.result.lock().is_some());
+        self.result
+            .lock()
+            .take()
+            .ok_or(SmpError::JobTimeout(self.cpu))
+    }
+}
+
+/// Wait up to `timeout_ms` for `done()`, sleeping in WFI between checks (bounded by the timer,
+/// woken early by any interrupt) instead of spinning, for the reason given at
+/// [`JobHandle::join`]: a CPU that spins on a flag another CPU must set can starve that CPU
+/// under `-icount`. Returns whether `done()` held.
+pub fn wait_for(timeout_ms: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Deadline::after_ms(timeout_ms);
+    loop {
+        if done() {
+            return true;
         }
+        if deadline.expired() {
+            return false;
+        }
+        let was = cpu::irq_save();
+        timer::wait_until(JOIN_POLL_NS, &mut done);
+        cpu::irq_restore(was);
     }
 }
 

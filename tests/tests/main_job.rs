@@ -33,8 +33,10 @@ fn main_job_tells_the_story_and_succeeds() {
     );
     assert!(
         out.console.contains("permission upgrade RO->RW")
-            && out.console.contains("| legacy |")
-            && out.console.contains("| sync   |"),
+            && out.console.contains("| legacy ")
+            && out.console.contains("| sync ")
+            && out.console.contains("| nested-unaware ")
+            && out.console.contains("| move-late "),
         "no command-count table:\n{}",
         out.console
     );

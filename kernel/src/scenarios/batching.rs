@@ -162,9 +162,9 @@ pub fn nested_unmap_counts(mode: SecondaryTlbMode) -> Result<(Outcome, NestedCou
             let r = b.unmap(first_range);
             cleared.store(true, Ordering::Release);
             r.map_err(|e| format!("first batch unmap: {e}"))?;
-            while !release.load(Ordering::Acquire) {
-                core::hint::spin_loop();
-            }
+            // Hold the flush back until CPU 0 has checked the device (bounded: the batch is
+            // finished either way).
+            smp::wait_for(JOIN_TIMEOUT_MS, || release.load(Ordering::Acquire));
             Ok(b.finish()
                 .map_err(|e| format!("first batch finish: {e}"))?
                 .nested)
@@ -179,13 +179,9 @@ pub fn nested_unmap_counts(mode: SecondaryTlbMode) -> Result<(Outcome, NestedCou
         local_first = Some(b);
         None
     };
-    let deadline = crate::time::Deadline::after_ms(JOIN_TIMEOUT_MS);
-    while !cleared.load(Ordering::Acquire) {
-        if deadline.expired() {
-            release.store(true, Ordering::Release);
-            return Err("the first batch never cleared its range".into());
-        }
-        core::hint::spin_loop();
+    if !smp::wait_for(JOIN_TIMEOUT_MS, || cleared.load(Ordering::Acquire)) {
+        release.store(true, Ordering::Release);
+        return Err("the first batch never cleared its range".into());
     }
 
     // Further nested batches on the CPUs in between, at the same time as CPU 0's.

@@ -342,12 +342,11 @@ pub fn migration_concurrent(mode: SecondaryTlbMode) -> Result<(Outcome, Migratio
             for _ in 0..MIGRATIONS {
                 // Wait for the device to finish a round on the current frame.
                 let seen = rounds_done.load(Ordering::Acquire);
-                let deadline = crate::time::Deadline::after_ms(JOIN_TIMEOUT_MS);
-                while rounds_done.load(Ordering::Acquire) == seen {
-                    if stop.load(Ordering::Acquire) || deadline.expired() {
-                        return Ok(done);
-                    }
-                    core::hint::spin_loop();
+                let next_round = smp::wait_for(JOIN_TIMEOUT_MS, || {
+                    rounds_done.load(Ordering::Acquire) != seen || stop.load(Ordering::Acquire)
+                });
+                if !next_round || stop.load(Ordering::Acquire) {
+                    return Ok(done);
                 }
                 let to = (at + 1) % MIGRATION_FRAMES;
                 let (src, dst) = (at * PAGE_SIZE, to * PAGE_SIZE);
