@@ -288,6 +288,7 @@ crate::ktest! {
     /// are intact.
     fn s13_gather_frame_reuse() {
         let o = gather_frame_reuse(SecondaryTlbMode::Sync)?;
+        log::info!("{}: {}", o.scenario, o.detail);
         o.expect_fresh()?;
         kassert_eq!(o.commands.sync, 1, "one CMD_SYNC for the whole batch (commands {})", o.commands);
         kassert_eq!(o.commands.flushes, 1, "one SMMU flush for the whole batch (commands {})", o.commands);
@@ -300,6 +301,7 @@ crate::ktest! {
     /// device's writes land in the reused frames.
     fn s13_gather_frame_reuse_nc_gather_late() {
         let o = gather_frame_reuse(SecondaryTlbMode::GatherLate)?;
+        log::info!("{}: {}", o.scenario, o.detail);
         o.expect_stale()?;
         kassert!(o.detail.contains("OVERWRITTEN"), "expected the reused frames overwritten: {}", o.detail);
         kassert_eq!(o.commands.sync, 1, "the SMMU is still told, too late (commands {})", o.commands);
@@ -312,6 +314,7 @@ crate::ktest! {
     /// before it returns; every nested batch sees the overlap; the first batch does not.
     fn s14_nested_unmap() {
         let (o, counts) = nested_unmap_counts(SecondaryTlbMode::Sync)?;
+        log::info!("{}: {}", o.scenario, o.detail);
         o.expect_fresh()?;
         kassert_eq!(counts.nested_seen, counts.nested_batches, "nested batches that saw the overlap: {}", o.detail);
         kassert!(counts.counted >= u64::from(counts.nested_batches),
@@ -328,6 +331,7 @@ crate::ktest! {
     /// frame the first batch unmapped.
     fn s14_nested_unmap_nc_nested_unaware() {
         let (o, counts) = nested_unmap_counts(SecondaryTlbMode::NestedUnaware)?;
+        log::info!("{}: {}", o.scenario, o.detail);
         o.expect_stale()?;
         kassert!(o.detail.contains("OVERWRITTEN"), "expected the unmapped frame written: {}", o.detail);
         kassert_eq!(counts.nested_seen, counts.nested_batches, "the overlap is still detected: {}", o.detail);

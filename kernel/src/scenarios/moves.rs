@@ -19,7 +19,7 @@
 //!     over; a transfer caught in a break takes a translation fault and is retried.
 
 use super::Outcome;
-use crate::testkit::{Frames, IOVA_BASE, RETRY_CAP, Rig, commands_during, fault_of, range};
+use crate::testkit::{Frames, IOVA_BASE, Rig, commands_during, fault_of, range};
 use crate::{
     drivers::{dma::DmaFaultKind, edu::DmaError},
     kassert, kassert_eq,
@@ -101,6 +101,76 @@ pub fn move_range_remap_old(mode: SecondaryTlbMode) -> Result<Outcome, String> {
         commands,
         device_faults: fault.map_or(0, |f| f.count),
         detail,
+    })
+}
+
+/// Pages of scenario 15's table-sized move: one whole level-3 table (2 MiB) and two pages more.
+const TABLE_MOVE_PAGES: u64 = 514;
+
+/// Scenario 15 at table size: X and Y are 2 MiB-aligned, so the first 2 MiB move as one
+/// level-3 table entry and the two pages after it leaf by leaf; the device has cached the
+/// first and the last page. The old range is 514 pages: the planner invalidates the ASID.
+pub fn move_table_remap_old(mode: SecondaryTlbMode) -> Result<Outcome, String> {
+    let rig = Rig::new(0, mode).map_err(|e| format!("{e:?}"))?;
+    let n = TABLE_MOVE_PAGES;
+    let last = (n - 1) * PAGE_SIZE;
+    let p = Frames::alloc(n, PAGE_SIZE)?;
+    let q = Frames::alloc(n, PAGE_SIZE)?;
+    p.fill(0, PAGE, 0x41);
+    p.fill(last, PAGE, 0x43);
+    let (x, y) = (IOVA_BASE + 0xA0_0000, IOVA_BASE + 0x100_0000);
+    rig.map(x, p.pa(0), n, Perms::RW)?;
+    for off in [0, last] {
+        rig.device_probe(x + off)
+            .map_err(|e| format!("setup: device read at X+{off:#x}: {e}"))?;
+    }
+    let (moved, commands) = commands_during(|| {
+        rig.space
+            .move_range(range(x, n)?, VirtAddr(y))
+            .map_err(|e| format!("move_range: {e}"))
+    });
+    moved?;
+    rig.map(x, q.pa(0), n, Perms::RW)?;
+    rig.load_device(0x66, LEN)?;
+    let mut words = Vec::new();
+    let mut fresh = true;
+    let mut faults = 0;
+    for off in [0, last] {
+        let fault = fault_of(
+            rig.device_writes(x + off, LEN),
+            "device write after the move",
+        )?;
+        faults += fault.map_or(0, |f| f.count);
+        let in_q = q.holds(off, LEN as usize, 0x66);
+        let in_p = p.holds(off, LEN as usize, 0x66);
+        fresh &= fault.is_none() && in_q && !in_p;
+        words.push(format!(
+            "X+{off:#x}: {}",
+            match (fault, in_q, in_p) {
+                (Some(f), _, _) => format!("faulted ({f})"),
+                (None, true, false) => String::from("landed in the NEW page"),
+                (None, false, true) => String::from("landed in the MOVED page"),
+                _ => String::from("landed nowhere visible"),
+            }
+        ));
+    }
+    for off in [0, last] {
+        if rig.space.translate(VirtAddr(y + off)).map(|t| t.pa) != Some(p.pa(off)) {
+            fresh = false;
+            words.push(format!("Y+{off:#x} does not translate to the moved page"));
+        }
+    }
+    Ok(Outcome {
+        scenario: "move_range of a whole table",
+        mode,
+        fresh,
+        commands,
+        device_faults: faults,
+        detail: format!(
+            "after moving {n} pages X→Y (one level-3 table whole) and mapping new pages at X, \
+             the device's writes: {}",
+            words.join("; ")
+        ),
     })
 }
 
@@ -295,16 +365,18 @@ pub struct MigrationCounts {
 
 /// Frames the page migrates among in the concurrent run.
 const MIGRATION_FRAMES: u64 = 4;
-/// Migrations in the concurrent run (not a multiple of [`MIGRATION_FRAMES`], so the page ends
-/// away from the frame it started in).
-const MIGRATIONS: u32 = 13;
+/// Write + read-back rounds of the device in the concurrent run.
+const DEVICE_ROUNDS: u32 = 14;
+/// How often a transfer caught in a migration's break is retried (a break is a large part of
+/// the migrator's loop, so several in a row are possible).
+const MIGRATION_RETRY_CAP: u32 = 64;
 
 /// One transfer, retried while it takes a translation fault (a migration's break).
 fn transfer_with_retries(
     f: impl Fn() -> Result<(), DmaError>,
     retried: &mut u32,
 ) -> Result<(), String> {
-    for _ in 0..RETRY_CAP {
+    for _ in 0..MIGRATION_RETRY_CAP {
         match f() {
             Ok(()) => return Ok(()),
             Err(DmaError::Fault { fault, .. }) if fault.kind == DmaFaultKind::Translation => {
@@ -314,11 +386,18 @@ fn transfer_with_retries(
         }
     }
     Err(format!(
-        "transfer still faulting after {RETRY_CAP} attempts"
+        "transfer still faulting after {MIGRATION_RETRY_CAP} attempts"
     ))
 }
 
-/// Scenario 17 with the device busy on CPU 0 while CPU 1 migrates the page.
+/// Scenario 17 with the device busy on CPU 0 while CPU 1 migrates the page without pause.
+///
+/// QEMU's edu reads or writes memory when its DMA timer fires, translating the IOVA then;
+/// under `-icount` that moment falls wherever CPU 1's instruction stream is, often inside a
+/// break (the transfer then takes a translation fault and is retried: the count proves the
+/// overlap). A freed frame keeps the poison until the page migrates back into it; the migrator
+/// checks that before each migration, so a write through a stale entry is caught wherever the
+/// page ends.
 pub fn migration_concurrent(mode: SecondaryTlbMode) -> Result<(Outcome, MigrationCounts), String> {
     let rig = Rig::new(0, mode).map_err(|e| format!("{e:?}"))?;
     let frames = Arc::new(Frames::alloc(MIGRATION_FRAMES, PAGE_SIZE)?);
@@ -326,39 +405,20 @@ pub fn migration_concurrent(mode: SecondaryTlbMode) -> Result<(Outcome, Migratio
     frames.fill(0, PAGE, 0x30);
     let x = IOVA_BASE + 0x90_0000;
     rig.map(x, frames.pa(0), 1, Perms::RW)?;
-    let rounds_done = Arc::new(AtomicU32::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let before = crate::iommu::get().ok_or("no SMMU")?.stats();
     let job = {
-        let (space, frames, rounds_done, stop) = (
-            rig.space.clone(),
-            frames.clone(),
-            rounds_done.clone(),
-            stop.clone(),
-        );
-        smp::run_on(1, move || -> Result<u32, String> {
-            let mut at = 0u64;
-            let mut done = 0;
-            for _ in 0..MIGRATIONS {
-                // Wait for the device to finish a round on the current frame.
-                let seen = rounds_done.load(Ordering::Acquire);
-                // Spin rather than sleep: the device's CPU sleeps in WFI through each DMA, so
-                // it is not starved, and a spinning vCPU keeps icount's virtual clock moving
-                // (measured: sleeping here made the run 6 to 17 times slower in wall time).
-                let deadline = crate::time::Deadline::after_ms(JOIN_TIMEOUT_MS);
-                let mut next_round = true;
-                while rounds_done.load(Ordering::Acquire) == seen && !stop.load(Ordering::Acquire) {
-                    if deadline.expired() {
-                        next_round = false;
-                        break;
-                    }
-                    core::hint::spin_loop();
-                }
-                if !next_round || stop.load(Ordering::Acquire) {
-                    return Ok(done);
-                }
+        let (space, frames, stop) = (rig.space.clone(), frames.clone(), stop.clone());
+        smp::run_on(1, move || -> Result<(u32, u32), String> {
+            let (mut at, mut done, mut hits) = (0u64, 0u32, 0u32);
+            // Spin rather than sleep between migrations: a spinning vCPU keeps icount's
+            // virtual clock moving, and the device's CPU sleeps in WFI through each DMA.
+            while !stop.load(Ordering::Acquire) {
                 let to = (at + 1) % MIGRATION_FRAMES;
                 let (src, dst) = (at * PAGE_SIZE, to * PAGE_SIZE);
+                if !frames.holds(dst, PAGE, POISON) {
+                    hits += 1;
+                }
                 space
                     .migrate(range(x, 1)?, frames.pa(dst), || {
                         frames.write(dst, &frames.read(src, PAGE))
@@ -369,13 +429,13 @@ pub fn migration_concurrent(mode: SecondaryTlbMode) -> Result<(Outcome, Migratio
                 at = to;
                 done += 1;
             }
-            Ok(done)
+            Ok((done, hits))
         })
         .map_err(|e| format!("starting the migrator on CPU 1: {e}"))?
     };
     let mut counts = MigrationCounts::default();
     let mut device = || -> Result<(), String> {
-        for round in 0..=MIGRATIONS {
+        for round in 0..DEVICE_ROUNDS {
             let pattern = 0x40 + round as u8;
             rig.load_device(pattern, LEN)?;
             transfer_with_retries(|| rig.device_writes(x, LEN), &mut counts.retried)?;
@@ -387,7 +447,6 @@ pub fn migration_concurrent(mode: SecondaryTlbMode) -> Result<(Outcome, Migratio
                 counts.lost_writes += 1;
             }
             counts.rounds += 1;
-            rounds_done.fetch_add(1, Ordering::Release);
         }
         Ok(())
     };
@@ -397,18 +456,20 @@ pub fn migration_concurrent(mode: SecondaryTlbMode) -> Result<(Outcome, Migratio
         .join(JOIN_TIMEOUT_MS)
         .map_err(|e| format!("migrator: {e}"))?;
     device_result?;
-    counts.migrations = migrated?;
+    let (migrations, hits) = migrated?;
+    counts.migrations = migrations;
+    counts.poisoned_frames_hit = hits;
     let commands = crate::iommu::get().ok_or("no SMMU")?.stats().delta(&before);
     let current = rig
         .space
         .translate(VirtAddr(x))
         .map(|t| (t.pa.0 - frames.pa(0).0) / PAGE_SIZE)
         .ok_or("the page is not mapped after the run")?;
-    counts.poisoned_frames_hit = (0..MIGRATION_FRAMES)
+    counts.poisoned_frames_hit += (0..MIGRATION_FRAMES)
         .filter(|&i| i != current && !frames.holds(i * PAGE_SIZE, PAGE, POISON))
         .count() as u32;
     // The frame the page ends in must hold the device's last write.
-    let last = 0x40 + MIGRATIONS as u8;
+    let last = 0x40 + (DEVICE_ROUNDS - 1) as u8;
     if !frames.holds(current * PAGE_SIZE, LEN as usize, last) {
         counts.lost_writes += 1;
     }
@@ -437,6 +498,7 @@ crate::ktest! {
     /// CMD_SYNC): the device's write to X reaches the new page Q; Y still reaches P.
     fn s15_move_range() {
         let o = move_range_remap_old(SecondaryTlbMode::Sync)?;
+        log::info!("{}: {}", o.scenario, o.detail);
         o.expect_fresh()?;
         kassert_eq!((o.commands.tlbi_nh_va + o.commands.tlbi_nh_va_range, o.commands.sync), (1, 1),
             "one-page move: (invalidations by VA, CMD_SYNC); commands {}", o.commands);
@@ -449,9 +511,36 @@ crate::ktest! {
     /// lands in the moved page.
     fn s15_move_range_nc_move_late() {
         let o = move_range_remap_old(SecondaryTlbMode::MoveLate)?;
+        log::info!("{}: {}", o.scenario, o.detail);
         o.expect_stale()?;
         kassert!(o.detail.contains("MOVED page"), "expected the write in the moved page: {}", o.detail);
         kassert_eq!(o.commands.commands, 0, "no SMMU command before the move returned (commands {})", o.commands);
+        Ok(())
+    }
+}
+
+crate::ktest! {
+    /// A table-sized move: the old 514 pages go ASID-wide (one TLBI_NH_ASID + one CMD_SYNC)
+    /// before the move returns; the device's writes to the first and the last old page reach
+    /// the new pages.
+    fn s15_move_range_table() {
+        let o = move_table_remap_old(SecondaryTlbMode::Sync)?;
+        log::info!("{}: {}", o.scenario, o.detail);
+        o.expect_fresh()?;
+        kassert_eq!(o.commands.sync, 1, "one CMD_SYNC for the move (commands {})", o.commands);
+        kassert_eq!(o.commands.tlbi_nh_asid, 1, "514 pages: ASID-wide (commands {})", o.commands);
+        Ok(())
+    }
+}
+
+crate::ktest! {
+    /// Negative control: told after the move returned, the SMMU sends both writes to the moved
+    /// pages.
+    fn s15_move_range_table_nc_move_late() {
+        let o = move_table_remap_old(SecondaryTlbMode::MoveLate)?;
+        log::info!("{}: {}", o.scenario, o.detail);
+        o.expect_stale()?;
+        kassert_eq!(o.detail.matches("MOVED page").count(), 2, "both writes in the moved pages: {}", o.detail);
         Ok(())
     }
 }
@@ -461,6 +550,7 @@ crate::ktest! {
     /// then breaks copy-on-write once and lands in its copy; the child's frames are intact.
     fn s16_fork_cow() {
         let o = fork_cow(SecondaryTlbMode::Sync)?;
+        log::info!("{}: {}", o.scenario, o.detail);
         o.expect_fresh()?;
         kassert_eq!((o.commands.flushes, o.commands.sync), (1, 1),
             "fork: one SMMU flush, one CMD_SYNC; commands {}", o.commands);
@@ -474,6 +564,7 @@ crate::ktest! {
     /// into the child's frames.
     fn s16_fork_cow_nc_off() {
         let o = fork_cow(SecondaryTlbMode::Off)?;
+        log::info!("{}: {}", o.scenario, o.detail);
         o.expect_stale()?;
         kassert!(o.detail.contains("CORRUPTED"), "expected the child's frames corrupted: {}", o.detail);
         Ok(())
@@ -485,6 +576,7 @@ crate::ktest! {
     /// the migration lands in the new frame; the freed frame keeps its poison.
     fn s17_migration() {
         let o = migration(SecondaryTlbMode::Sync)?;
+        log::info!("{}: {}", o.scenario, o.detail);
         o.expect_fresh()?;
         kassert_eq!((o.commands.tlbi_nh_va, o.commands.sync), (1, 1), "commands {}", o.commands);
         Ok(())
@@ -495,6 +587,7 @@ crate::ktest! {
     /// Negative control: the device's stale entry sends its write into the freed frame.
     fn s17_migration_nc_off() {
         let o = migration(SecondaryTlbMode::Off)?;
+        log::info!("{}: {}", o.scenario, o.detail);
         o.expect_stale()?;
         kassert!(o.detail.contains("WRITTEN after it was freed"), "expected the freed frame written: {}", o.detail);
         Ok(())
@@ -502,13 +595,17 @@ crate::ktest! {
 }
 
 crate::ktest! {
-    /// The device writes and reads back on CPU 0 while CPU 1 migrates the page: no write is
-    /// lost, no freed frame is written, every migration done.
+    /// The device writes and reads back on CPU 0 while CPU 1 migrates the page without pause:
+    /// transfers are caught in breaks (and retried), no write is lost, no freed frame is
+    /// written.
     fn s17_migration_concurrent() {
         crate::testkit::require_cpus(2)?;
         let (o, counts) = migration_concurrent(SecondaryTlbMode::Sync)?;
+        log::info!("{}: {}", o.scenario, o.detail);
         o.expect_fresh()?;
-        kassert_eq!(counts.migrations, MIGRATIONS, "migrations done: {}", o.detail);
+        kassert!(counts.migrations >= DEVICE_ROUNDS, "migrations done: {}", o.detail);
+        kassert!(counts.retried > 0,
+            "no transfer was ever caught in a migration's break: the DMA and the migrations never overlapped ({})", o.detail);
         Ok(())
     }
 }
@@ -518,6 +615,7 @@ crate::ktest! {
     fn s17_migration_concurrent_nc_off() {
         crate::testkit::require_cpus(2)?;
         let (o, _) = migration_concurrent(SecondaryTlbMode::Off)?;
+        log::info!("{}: {}", o.scenario, o.detail);
         o.expect_stale()?;
         Ok(())
     }
