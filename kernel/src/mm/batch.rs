@@ -569,4 +569,63 @@ mod tests {
         );
         let _ = f.mem.allocated();
     }
+
+    /// Two threads unmap overlapping ranges in batches, round after round: whenever a batch
+    /// returns, the model IOTLB reaches none of the pages it was asked to unmap, whoever
+    /// cleared them.
+    #[test]
+    fn concurrent_overlapping_batches_never_return_early() {
+        let f = fx(SecondaryTlbMode::Sync);
+        let space = Arc::new(f.space);
+        let iotlb = ModelIotlb::new();
+        space.register_secondary(iotlb.clone()).unwrap();
+        const PAGES: u64 = 32;
+        for round in 0..200u64 {
+            map(&space, X, 0x8000_0000, PAGES);
+            for i in 0..PAGES {
+                iotlb.access_space(&space, X + i * 4096, true);
+            }
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let workers: Vec<_> = (0..2u64)
+                .map(|t| {
+                    let (space, iotlb, barrier) = (space.clone(), iotlb.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        // Overlapping, different ranges per thread and round.
+                        let first = (round * 7 + t * 5) % (PAGES / 2);
+                        let pages = PAGES / 2 + t * 3;
+                        let pages = pages.min(PAGES - first);
+                        barrier.wait();
+                        let mut b = space.batch();
+                        for i in 0..pages {
+                            b.unmap(range(X + (first + i) * 4096, 1)).unwrap();
+                            std::thread::yield_now();
+                        }
+                        let report = b.finish().unwrap();
+                        for i in 0..pages {
+                            let va = X + (first + i) * 4096;
+                            assert_eq!(
+                                iotlb.access_space(&space, va, true),
+                                Dma::Translation,
+                                "round {round}, thread {t}: page {va:#x} still reachable after \
+                                 the batch returned ({report:?})"
+                            );
+                        }
+                        report.nested
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().unwrap();
+            }
+            // Whatever the threads left mapped goes too, before the next round maps again.
+            let mut b = space.batch();
+            b.unmap(range(X, PAGES)).unwrap();
+            b.finish().unwrap();
+        }
+        let st = space.stats();
+        assert_eq!(space.open_batches(), 0);
+        assert!(st.batches >= 600, "{st:?}");
+        // The threads really overlapped in some rounds (they start at a barrier).
+        assert!(st.nested_batches > 0, "no batch ever overlapped: {st:?}");
+    }
 }

@@ -1278,3 +1278,224 @@ fn random_operations_match_model() {
     fx.complete(pt.teardown());
     assert_eq!(fx.mem.allocated(), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Batch operations: hole-tolerant unmap, write-protect, move
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn unmap_present_tolerates_holes_and_changes_nothing_when_empty() {
+    let fx = Fx::new();
+    let mut pt = fx.table(VaHalf::Lower);
+    fx.complete(
+        pt.map(
+            range(0x20_0000, 4096),
+            pa(0x4100_0000),
+            MapAttrs::SHARED_RW,
+            false,
+        )
+        .unwrap(),
+    );
+    fx.complete(
+        pt.map(
+            range(0x20_3000, 4096),
+            pa(0x4100_3000),
+            MapAttrs::SHARED_RW,
+            false,
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        pt.unmap(range(0x20_0000, 4 * 4096)).unwrap_err(),
+        Error::NotMapped(va(0x20_1000)),
+        "strict unmap refuses holes"
+    );
+    let t = pt.unmap_present(range(0x20_0000, 4 * 4096)).unwrap();
+    assert_eq!(
+        t.range(),
+        Some(FlushRange::pages(va(0x20_0000), 4).unwrap()),
+        "the hull of what was cleared"
+    );
+    fx.complete(t);
+    assert_eq!(pt.translate(va(0x20_3000)), None);
+    // Nothing left: a token with nothing to do.
+    let t = pt.unmap_present(range(0x20_0000, 4 * 4096)).unwrap();
+    assert!(t.is_noop() && t.range().is_none());
+    fx.complete(t);
+    // A partly covered block is still refused.
+    fx.complete(
+        pt.map(
+            range(0x40_0000, 0x20_0000),
+            pa(0x4200_0000),
+            MapAttrs::SHARED_RW,
+            true,
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        pt.unmap_present(range(0x40_1000, 4096)).unwrap_err(),
+        Error::BlockInTheWay(va(0x40_0000))
+    );
+}
+
+#[test]
+fn write_protect_strips_write_only_where_set() {
+    let fx = Fx::new();
+    let mut pt = fx.table(VaHalf::Lower);
+    fx.complete(
+        pt.map(
+            range(0x20_0000, 2 * 4096),
+            pa(0x4100_0000),
+            MapAttrs::SHARED_RW,
+            false,
+        )
+        .unwrap(),
+    );
+    let rx = MapAttrs::new(Perms::RX, MemType::Normal, false);
+    fx.complete(
+        pt.map(range(0x30_0000, 4096), pa(0x4100_8000), rx, false)
+            .unwrap(),
+    );
+    let t = pt.write_protect(range(0x20_0000, 0x20_0000)).unwrap();
+    assert_eq!(
+        t.range(),
+        Some(FlushRange::pages(va(0x20_0000), 2).unwrap())
+    );
+    assert!(!t.upgrade_only());
+    fx.complete(t);
+    assert_eq!(pt.translate(va(0x20_1000)).unwrap().attrs.perms, Perms::R);
+    assert_eq!(
+        pt.translate(va(0x30_0000)).unwrap().attrs,
+        rx,
+        "not writable: untouched"
+    );
+    // Again: nothing writable left, nothing to flush.
+    let t = pt.write_protect(range(0x20_0000, 0x20_0000)).unwrap();
+    assert!(t.range().is_none());
+    fx.complete(t);
+}
+
+#[test]
+fn move_range_keeps_frames_and_moves_blocks_and_tables() {
+    let fx = Fx::new();
+    let mut pt = fx.table(VaHalf::Lower);
+    // A 2 MiB block, then 512 pages (a whole L3 table), then one page.
+    fx.complete(
+        pt.map(
+            range(0x4000_0000, 0x20_0000),
+            pa(0x4200_0000),
+            MapAttrs::SHARED_RW,
+            true,
+        )
+        .unwrap(),
+    );
+    fx.complete(
+        pt.map(
+            range(0x4020_0000, 0x20_1000),
+            pa(0x4400_0000),
+            MapAttrs::SHARED_RO,
+            false,
+        )
+        .unwrap(),
+    );
+    let frames = fx.mem.allocated();
+    let t = pt
+        .move_range(range(0x4000_0000, 0x40_1000), va(0x8000_0000))
+        .unwrap();
+    assert_eq!(t.cause(), FlushCause::Move);
+    let inv = t.invalidation().unwrap();
+    assert_eq!(
+        inv.range,
+        FlushRange::pages(va(0x4000_0000), 0x401).unwrap()
+    );
+    assert!(!inv.leaf_only, "a table entry moved: walk caches go too");
+    assert_eq!(
+        inv.stride,
+        tlb::Stride::Page,
+        "the moved table's pages may be cached"
+    );
+    assert_eq!(
+        t.freed_tables().len(),
+        2,
+        "the L3 table of the last page and the source's L2 table, emptied"
+    );
+    fx.complete(t);
+    for (off, want, level) in [
+        (0u64, 0x4200_0000u64, 2u8),
+        (0x1F_F000, 0x421F_F000, 2),
+        (0x20_0000, 0x4400_0000, 3),
+        (0x3F_F000, 0x441F_F000, 3),
+        (0x40_0000, 0x4420_0000, 3),
+    ] {
+        let t = pt.translate(va(0x8000_0000 + off)).unwrap();
+        assert_eq!((t.pa, t.level), (pa(want), level), "offset {off:#x}");
+        assert_eq!(pt.translate(va(0x4000_0000 + off)), None);
+    }
+    assert_eq!(
+        pt.translate(va(0x8020_0000)).unwrap().attrs,
+        MapAttrs::SHARED_RO
+    );
+    // The whole L3 moved as one entry: a new L2 and an L3 for the last page, the two emptied
+    // tables freed; no second L3 of 512 pages was built.
+    assert_eq!(fx.mem.allocated(), frames);
+}
+
+#[test]
+fn move_range_errors_change_nothing() {
+    let fx = Fx::new();
+    let mut pt = fx.table(VaHalf::Lower);
+    fx.complete(
+        pt.map(
+            range(0x4000_0000, 0x20_0000),
+            pa(0x4200_0000),
+            MapAttrs::SHARED_RW,
+            true,
+        )
+        .unwrap(),
+    );
+    fx.complete(
+        pt.map(
+            range(0x5000_0000, 4096),
+            pa(0x4300_0000),
+            MapAttrs::SHARED_RW,
+            false,
+        )
+        .unwrap(),
+    );
+    let before = fx.mem.allocated();
+    let block = range(0x4000_0000, 0x20_0000);
+    assert_eq!(
+        pt.move_range(block, va(0x6000_1000)).unwrap_err(),
+        Error::Misaligned,
+        "a block must stay 2 MiB-aligned"
+    );
+    assert_eq!(
+        pt.move_range(block, va(0x4010_0000)).unwrap_err(),
+        Error::MoveOverlap
+    );
+    assert_eq!(
+        pt.move_range(block, va(0x5000_0000)).unwrap_err(),
+        Error::AlreadyMapped(va(0x5000_0000))
+    );
+    assert_eq!(
+        pt.move_range(range(0x5000_0000, 4096), va(0x5000_0800))
+            .unwrap_err(),
+        Error::Misaligned
+    );
+    assert_eq!(
+        pt.move_range(range(0x4010_0000, 4096), va(0x6000_0000))
+            .unwrap_err(),
+        Error::BlockInTheWay(va(0x4000_0000))
+    );
+    // Out of frames for the destination's tables: the source is untouched.
+    fx.mem.set_alloc_limit(Some(0));
+    assert_eq!(
+        pt.move_range(range(0x5000_0000, 4096), va(0x7000_0000_0000))
+            .unwrap_err(),
+        Error::OutOfFrames
+    );
+    fx.mem.set_alloc_limit(None);
+    assert_eq!(pt.translate(va(0x5000_0000)).unwrap().pa, pa(0x4300_0000));
+    assert_eq!(pt.translate(va(0x4000_0000)).unwrap().level, 2);
+    assert_eq!(fx.mem.allocated(), before);
+}

@@ -14,7 +14,7 @@ use crate::mm::{
     frame::FrameSource,
     tlb::{
         cpu_plan::{TlbFeatures, TlbScope, TlbiOp, plan},
-        secondary::{NotifyReport, SecondaryTlbError, SecondaryTlbs},
+        secondary::{NotifyReport, SecondaryTlbError, SecondaryTlbMode, SecondaryTlbs},
         token::{Deferred, FlushDone, Parts, TlbFlush},
     },
 };
@@ -266,6 +266,7 @@ pub fn execute(token: TlbFlush, target: &FlushTarget<'_>) -> Result<FlushDone, F
         freed,
         deferred,
         gathered,
+        own,
     } = token.take();
     let Some(inval) = inval else {
         if barrier {
@@ -318,7 +319,17 @@ pub fn execute(token: TlbFlush, target: &FlushTarget<'_>) -> Result<FlushDone, F
     }
     let secondary = match (scope, target.secondaries) {
         (TlbScope::Asid(asid), Some(list)) => {
-            let report = list.notify(asid, inval.range, cause, upgrade_only);
+            // `nested-unaware` reproduces a nested batch that tells the secondary TLBs what it
+            // cleared itself, never the widened range (the mode skips `NestedBatch`).
+            let told = match own {
+                Some(Some((own_inval, own_cause, own_up)))
+                    if list.effective_mode() == SecondaryTlbMode::NestedUnaware =>
+                {
+                    (own_inval.range, own_cause, own_up)
+                }
+                _ => (inval.range, cause, upgrade_only),
+            };
+            let report = list.notify(asid, told.0, told.1, told.2);
             if let Some(s) = target.stats {
                 s.add_secondary(&report);
             }

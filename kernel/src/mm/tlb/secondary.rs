@@ -34,8 +34,9 @@
 //!   frees its frames and runs its deferred work *before* the secondary TLBs are told, at the
 //!   very end: a freed frame can be reused while a device still reaches it.
 //! - `nested-unaware`: the flush a batch makes because another batch of the same address space
-//!   is in flight ([`FlushCause::NestedBatch`]) reaches the CPU TLBs only: the nested batch
-//!   returns while the device still holds translations the other batch cleared.
+//!   is in flight ([`FlushCause::NestedBatch`]) reaches the CPU TLBs in full, but the secondary
+//!   TLBs hear only of what the batch cleared itself: the nested batch returns while the device
+//!   still holds translations the other batch cleared.
 //! - `move-late`: a move's ([`FlushCause::Move`]) invalidation of the old range reaches the
 //!   secondary TLBs only at the next flush of the address space, after the move returned: a
 //!   device write through the old address lands in the moved page.

@@ -91,6 +91,8 @@ pub struct TlbFlush {
     freed: Vec<PhysAddr>,
     deferred: Vec<Deferred>,
     gathered: bool,
+    /// Set by [`TlbFlush::force_nested`]: what the token invalidated before it was widened.
+    own: Option<Option<(Invalidation, FlushCause, bool)>>,
     armed: bool,
 }
 
@@ -107,6 +109,7 @@ impl TlbFlush {
             freed: Vec::new(),
             deferred: Vec::new(),
             gathered: false,
+            own: None,
             armed: true,
         }
     }
@@ -202,6 +205,7 @@ impl TlbFlush {
     /// [`FlushCause::NestedBatch`], whatever it changed itself: the flush of a batch that ran
     /// while another batch of the address space was in flight.
     pub(crate) fn force_nested(&mut self, range: FlushRange) {
+        self.own = Some(self.inval.map(|i| (i, self.cause, self.upgrade_only)));
         let range = match self.inval {
             Some(inv) => inv.range.hull(range),
             None => range,
@@ -286,6 +290,7 @@ impl TlbFlush {
             freed: core::mem::take(&mut self.freed),
             deferred: core::mem::take(&mut self.deferred),
             gathered: self.gathered,
+            own: self.own,
         }
     }
 }
@@ -300,6 +305,9 @@ pub(super) struct Parts {
     pub(super) freed: Vec<PhysAddr>,
     pub(super) deferred: Vec<Deferred>,
     pub(super) gathered: bool,
+    /// For a widened nested-batch flush: the batch's own invalidation (cause, upgrade-only)
+    /// before widening, `Some(None)` if it had none.
+    pub(super) own: Option<Option<(Invalidation, FlushCause, bool)>>,
 }
 
 impl fmt::Debug for TlbFlush {
