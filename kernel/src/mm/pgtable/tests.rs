@@ -1283,27 +1283,32 @@ fn random_operations_match_model() {
 // Batch operations: hole-tolerant unmap, write-protect, move
 // ---------------------------------------------------------------------------------------------
 
+/// Maps `len` bytes at `v` to `p` and completes the flush.
+fn map(fx: &Fx, pt: &mut PageTable<'_>, v: u64, len: u64, p: u64, attrs: MapAttrs, blocks: bool) {
+    fx.complete(pt.map(range(v, len), pa(p), attrs, blocks).unwrap());
+}
+
 #[test]
 fn unmap_present_tolerates_holes_and_changes_nothing_when_empty() {
     let fx = Fx::new();
     let mut pt = fx.table(VaHalf::Lower);
-    fx.complete(
-        pt.map(
-            range(0x20_0000, 4096),
-            pa(0x4100_0000),
-            MapAttrs::SHARED_RW,
-            false,
-        )
-        .unwrap(),
+    map(
+        &fx,
+        &mut pt,
+        0x20_0000,
+        4096,
+        0x4100_0000,
+        MapAttrs::SHARED_RW,
+        false,
     );
-    fx.complete(
-        pt.map(
-            range(0x20_3000, 4096),
-            pa(0x4100_3000),
-            MapAttrs::SHARED_RW,
-            false,
-        )
-        .unwrap(),
+    map(
+        &fx,
+        &mut pt,
+        0x20_3000,
+        4096,
+        0x4100_3000,
+        MapAttrs::SHARED_RW,
+        false,
     );
     assert_eq!(
         pt.unmap(range(0x20_0000, 4 * 4096)).unwrap_err(),
@@ -1323,14 +1328,14 @@ fn unmap_present_tolerates_holes_and_changes_nothing_when_empty() {
     assert!(t.is_noop() && t.range().is_none());
     fx.complete(t);
     // A partly covered block is still refused.
-    fx.complete(
-        pt.map(
-            range(0x40_0000, 0x20_0000),
-            pa(0x4200_0000),
-            MapAttrs::SHARED_RW,
-            true,
-        )
-        .unwrap(),
+    map(
+        &fx,
+        &mut pt,
+        0x40_0000,
+        0x20_0000,
+        0x4200_0000,
+        MapAttrs::SHARED_RW,
+        true,
     );
     assert_eq!(
         pt.unmap_present(range(0x40_1000, 4096)).unwrap_err(),
@@ -1342,20 +1347,17 @@ fn unmap_present_tolerates_holes_and_changes_nothing_when_empty() {
 fn write_protect_strips_write_only_where_set() {
     let fx = Fx::new();
     let mut pt = fx.table(VaHalf::Lower);
-    fx.complete(
-        pt.map(
-            range(0x20_0000, 2 * 4096),
-            pa(0x4100_0000),
-            MapAttrs::SHARED_RW,
-            false,
-        )
-        .unwrap(),
+    map(
+        &fx,
+        &mut pt,
+        0x20_0000,
+        2 * 4096,
+        0x4100_0000,
+        MapAttrs::SHARED_RW,
+        false,
     );
     let rx = MapAttrs::new(Perms::RX, MemType::Normal, false);
-    fx.complete(
-        pt.map(range(0x30_0000, 4096), pa(0x4100_8000), rx, false)
-            .unwrap(),
-    );
+    map(&fx, &mut pt, 0x30_0000, 4096, 0x4100_8000, rx, false);
     let t = pt.write_protect(range(0x20_0000, 0x20_0000)).unwrap();
     assert_eq!(
         t.range(),
@@ -1380,23 +1382,23 @@ fn move_range_keeps_frames_and_moves_blocks_and_tables() {
     let fx = Fx::new();
     let mut pt = fx.table(VaHalf::Lower);
     // A 2 MiB block, then 512 pages (a whole L3 table), then one page.
-    fx.complete(
-        pt.map(
-            range(0x4000_0000, 0x20_0000),
-            pa(0x4200_0000),
-            MapAttrs::SHARED_RW,
-            true,
-        )
-        .unwrap(),
+    map(
+        &fx,
+        &mut pt,
+        0x4000_0000,
+        0x20_0000,
+        0x4200_0000,
+        MapAttrs::SHARED_RW,
+        true,
     );
-    fx.complete(
-        pt.map(
-            range(0x4020_0000, 0x20_1000),
-            pa(0x4400_0000),
-            MapAttrs::SHARED_RO,
-            false,
-        )
-        .unwrap(),
+    map(
+        &fx,
+        &mut pt,
+        0x4020_0000,
+        0x20_1000,
+        0x4400_0000,
+        MapAttrs::SHARED_RO,
+        false,
     );
     let frames = fx.mem.allocated();
     let t = pt
@@ -1444,23 +1446,23 @@ fn move_range_keeps_frames_and_moves_blocks_and_tables() {
 fn move_range_errors_change_nothing() {
     let fx = Fx::new();
     let mut pt = fx.table(VaHalf::Lower);
-    fx.complete(
-        pt.map(
-            range(0x4000_0000, 0x20_0000),
-            pa(0x4200_0000),
-            MapAttrs::SHARED_RW,
-            true,
-        )
-        .unwrap(),
+    map(
+        &fx,
+        &mut pt,
+        0x4000_0000,
+        0x20_0000,
+        0x4200_0000,
+        MapAttrs::SHARED_RW,
+        true,
     );
-    fx.complete(
-        pt.map(
-            range(0x5000_0000, 4096),
-            pa(0x4300_0000),
-            MapAttrs::SHARED_RW,
-            false,
-        )
-        .unwrap(),
+    map(
+        &fx,
+        &mut pt,
+        0x5000_0000,
+        4096,
+        0x4300_0000,
+        MapAttrs::SHARED_RW,
+        false,
     );
     let before = fx.mem.allocated();
     let block = range(0x4000_0000, 0x20_0000);
