@@ -79,6 +79,6 @@ pub use device::{GerrorReport, Smmu, SmmuConfig, SmmuError};
 pub use event::{DrainReport, Event, EventType};
 pub use features::{CpuMmuConfig, Features, Granule};
 pub use hal::{DmaError, DmaRegion, SmmuHal};
-pub use planner::FlushKind;
+pub use planner::{FlushHint, FlushKind, InvalPolicy};
 pub use stats::CounterSnapshot;
 pub use strtab::StrtabFormat;
