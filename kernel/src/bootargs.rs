@@ -12,7 +12,7 @@ use alloc::{borrow::ToOwned, string::String};
 use core::{fmt, str::FromStr};
 
 use log::LevelFilter;
-use smmu::StrtabFormat;
+use smmu::{InvalPolicy, StrtabFormat};
 
 use crate::{drivers::edu::Completion, mm::tlb::SecondaryTlbMode};
 
@@ -30,6 +30,9 @@ pub struct BootConfig {
     pub smmu_strtab: Option<StrtabFormat>,
     /// `smmu.trace_marks`: mark flushes under test in QEMU's SMMU trace (the trace oracle).
     pub smmu_trace_marks: bool,
+    /// `smmu.inval=linux66|linux-latest|precise` (default `precise`): the SMMU invalidation
+    /// planner's policy.
+    pub smmu_inval: InvalPolicy,
     /// `edu.completion=irq|poll` (default `irq`).
     pub edu_completion: Completion,
 }
@@ -42,6 +45,7 @@ impl Default for BootConfig {
             secondary_tlb: SecondaryTlbMode::Sync,
             smmu_strtab: None,
             smmu_trace_marks: false,
+            smmu_inval: InvalPolicy::Precise,
             edu_completion: Completion::Irq,
         }
     }
@@ -188,6 +192,14 @@ pub static KEYS: &[Key] = &[
         },
     },
     Key {
+        name: "smmu.inval",
+        accepted: "linux66|linux-latest|precise",
+        apply: |k, c, v| {
+            c.smmu_inval = value(k, v)?;
+            Ok(())
+        },
+    },
+    Key {
         name: "smmu.trace_marks",
         accepted: "",
         apply: |k, c, v| {
@@ -242,7 +254,8 @@ mod tests {
     fn every_key_parses_and_the_last_occurrence_wins() {
         let c = BootConfig::parse(
             "log=debug ktest  secondary_tlb=legacy log=warn smmu.strtab=linear \
-             smmu.trace_marks edu.completion=poll secondary_tlb=off\tsmmu.strtab=2level",
+             smmu.trace_marks edu.completion=poll secondary_tlb=off\tsmmu.strtab=2level \
+             smmu.inval=linux66",
         )
         .unwrap();
         assert_eq!(
@@ -253,6 +266,7 @@ mod tests {
                 secondary_tlb: SecondaryTlbMode::Off,
                 smmu_strtab: Some(StrtabFormat::TwoLevel),
                 smmu_trace_marks: true,
+                smmu_inval: InvalPolicy::Linux66,
                 edu_completion: Completion::Poll,
             }
         );

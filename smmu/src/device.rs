@@ -56,7 +56,7 @@ use crate::{
     event::{DrainReport, Event, EventQueue, EventqError},
     features::{Features, Granule, MissingFeature},
     hal::{DmaError, DmaRegion, SmmuHal, poll_until},
-    planner::{FlushKind, FlushPlan, PlanError, PlannerConfig},
+    planner::{FlushHint, FlushKind, FlushPlan, InvalPolicy, PlanError, PlannerConfig},
     queue::QueueGeometry,
     regs::{self, CR0, CR1, CR2, GBPA, IRQ_CTRL, Reg32, Registers, offset},
     stats::{CounterSnapshot, Counters},
@@ -93,6 +93,8 @@ pub struct SmmuConfig {
     pub asid_threshold_pages: Option<u64>,
     /// The address spaces may hold global entries (whole-space flushes use `TLBI_NH_ALL`).
     pub global_entries: bool,
+    /// The invalidation policy of the planner.
+    pub inval_policy: InvalPolicy,
 }
 
 impl Default for SmmuConfig {
@@ -110,6 +112,7 @@ impl Default for SmmuConfig {
             va_bits: 48,
             asid_threshold_pages: None,
             global_entries: false,
+            inval_policy: InvalPolicy::Precise,
         }
     }
 }
@@ -559,6 +562,7 @@ impl<H: SmmuHal> Smmu<H> {
         let mut planner = PlannerConfig::new(config.granule, f);
         planner.va_bits = config.va_bits;
         planner.global_entries = config.global_entries;
+        planner.policy = config.inval_policy;
         if let Some(pages) = config.asid_threshold_pages {
             planner.asid_threshold_pages = pages;
         }
@@ -860,8 +864,23 @@ impl<H: SmmuHal> Smmu<H> {
     ///
     /// [`SmmuError::Plan`] for invalid requests, [`SmmuError::Cmdq`] for queue failures.
     pub fn invalidate(&self, asid: u16, kind: FlushKind) -> Result<(), SmmuError> {
+        self.invalidate_hinted(asid, kind, FlushHint::UNKNOWN)
+    }
+
+    /// [`Self::invalidate`], with what the caller knows about the changed entries (`Leaf`,
+    /// level), used by [`InvalPolicy::Precise`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::invalidate`].
+    pub fn invalidate_hinted(
+        &self,
+        asid: u16,
+        kind: FlushKind,
+        hint: FlushHint,
+    ) -> Result<(), SmmuError> {
         let rt = self.runtime()?;
-        let plan = FlushPlan::new(&rt.planner, asid, kind)?;
+        let plan = FlushPlan::with_hint(&rt.planner, asid, kind, hint)?;
         Counters::bump(&self.counters.flushes);
         rt.cmdq.submit_iter(&self.hal, &self.counters, plan)?;
         Ok(())

@@ -150,6 +150,7 @@ pub fn init(platform: &Platform, config: &BootConfig) -> Result<&'static Iommu, 
     TRACE_MARKS.store(config.smmu_trace_marks, Ordering::Relaxed);
     smmu.init(&SmmuConfig {
         strtab_format: config.smmu_strtab,
+        inval_policy: config.smmu_inval,
         ..SmmuConfig::default()
     })?;
     smmu.check_invariants()

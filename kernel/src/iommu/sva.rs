@@ -4,7 +4,7 @@
 
 use alloc::{sync::Arc, vec::Vec};
 
-use smmu::{CdParams, FlushKind, SmmuError};
+use smmu::{CdParams, FlushHint, FlushKind, SmmuError};
 
 use super::{Iommu, IommuError, masked};
 use crate::{
@@ -12,7 +12,7 @@ use crate::{
     mm::{
         address_space::AddressSpace,
         tlb::{
-            FlushCause, FlushRange, SecondaryTlb, SecondaryTlbError, SecondaryTlbFailure,
+            FlushCause, FlushRange, LeafHint, SecondaryTlb, SecondaryTlbError, SecondaryTlbFailure,
             SecondaryTlbHandle,
         },
     },
@@ -139,7 +139,17 @@ impl SecondaryTlb for SmmuTlb {
         &self,
         asid: u16,
         range: FlushRange,
+        cause: FlushCause,
+    ) -> Result<(), SecondaryTlbError> {
+        self.invalidate_hinted(asid, range, cause, LeafHint::UNKNOWN)
+    }
+
+    fn invalidate_hinted(
+        &self,
+        asid: u16,
+        range: FlushRange,
         _cause: FlushCause,
+        hint: LeafHint,
     ) -> Result<(), SecondaryTlbError> {
         // The SMMU boundary: the kernel's one range type becomes the driver's flush kind.
         let kind = match range {
@@ -150,7 +160,11 @@ impl SecondaryTlb for SmmuTlb {
             },
             FlushRange::All => FlushKind::All,
         };
-        masked(|| self.iommu.smmu.invalidate(asid, kind)).map_err(|e| {
+        let hint = FlushHint {
+            leaf_only: hint.leaf_only,
+            level: hint.level,
+        };
+        masked(|| self.iommu.smmu.invalidate_hinted(asid, kind, hint)).map_err(|e| {
             let failure = match e {
                 SmmuError::Cmdq(smmu::CmdqError::SyncTimeout { .. }) => {
                     SecondaryTlbFailure::Timeout

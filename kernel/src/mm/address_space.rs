@@ -617,6 +617,7 @@ impl AddressSpace {
                 range: FlushRange::All,
                 leaf_only: false,
                 stride: tlb::Stride::Page,
+                level: None,
             },
             false,
             Vec::new(),

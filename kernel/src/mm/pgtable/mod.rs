@@ -366,6 +366,8 @@ struct Changes {
     first: u64,
     end: u64,
     all_l2_blocks: bool,
+    /// Bit `l` set: a level-`l` leaf changed.
+    levels: u8,
     leaf_only: bool,
     upgrade_only: bool,
     freed: Vec<PhysAddr>,
@@ -379,6 +381,7 @@ impl Changes {
             first: u64::MAX,
             end: 0,
             all_l2_blocks: true,
+            levels: 0,
             leaf_only: true,
             upgrade_only: upgrade_candidate,
             freed: Vec::new(),
@@ -389,6 +392,7 @@ impl Changes {
         self.first = self.first.min(base);
         self.end = self.end.max(base + span(level));
         self.all_l2_blocks &= level == 2;
+        self.levels |= 1 << level;
     }
 
     fn any(&self) -> bool {
@@ -408,6 +412,7 @@ impl Changes {
                         range: FlushRange::All,
                         leaf_only: false,
                         stride: Stride::Page,
+                        level: None,
                     },
                     false,
                     self.freed,
@@ -425,6 +430,7 @@ impl Changes {
             range,
             leaf_only: self.leaf_only && self.freed.is_empty(),
             stride,
+            level: (self.levels.count_ones() == 1).then(|| self.levels.trailing_zeros() as u8),
         };
         TlbFlush::invalidate(pt.root, cause, inval, self.upgrade_only, self.freed)
     }
@@ -1043,6 +1049,7 @@ impl<'a> PageTable<'a> {
                 range: FlushRange::page(va),
                 leaf_only: true,
                 stride: Stride::Page,
+                level: Some(level),
             };
             return Ok((
                 TlbFlush::invalidate(
@@ -1254,6 +1261,7 @@ impl<'a> PageTable<'a> {
             range: FlushRange::All,
             leaf_only: false,
             stride: Stride::Page,
+            level: None,
         };
         TlbFlush::invalidate(self.root, FlushCause::Teardown, inval, false, freed)
     }

@@ -1501,3 +1501,62 @@ fn move_range_errors_change_nothing() {
     assert_eq!(pt.translate(va(0x4000_0000)).unwrap().level, 2);
     assert_eq!(fx.mem.allocated(), before);
 }
+
+#[test]
+fn tokens_carry_the_level_of_what_changed() {
+    let fx = Fx::new();
+    let mut pt = fx.table(VaHalf::Lower);
+    map(
+        &fx,
+        &mut pt,
+        0x20_0000,
+        0x20_0000,
+        0x4200_0000,
+        MapAttrs::SHARED_RW,
+        true,
+    );
+    map(
+        &fx,
+        &mut pt,
+        0x40_0000,
+        4 * 4096,
+        0x4300_0000,
+        MapAttrs::SHARED_RW,
+        false,
+    );
+    let hint = |t: &TlbFlush| t.invalidation().unwrap().hint();
+    // Pages: level 3, leaf only.
+    let t = pt.protect(range(0x40_0000, 2 * 4096), Perms::R).unwrap();
+    assert_eq!(
+        hint(&t),
+        tlb::LeafHint {
+            leaf_only: true,
+            level: Some(3)
+        }
+    );
+    fx.complete(t);
+    // A block: level 2.
+    let t = pt.protect(range(0x20_0000, 0x20_0000), Perms::R).unwrap();
+    assert_eq!(
+        hint(&t),
+        tlb::LeafHint {
+            leaf_only: true,
+            level: Some(2)
+        }
+    );
+    fx.complete(t);
+    // Both: mixed levels, no level.
+    let t = pt.protect(range(0x20_0000, 0x20_4000), Perms::RW).unwrap();
+    assert_eq!(
+        hint(&t),
+        tlb::LeafHint {
+            leaf_only: true,
+            level: None
+        }
+    );
+    fx.complete(t);
+    // A table freed: not leaf-only, so no level either.
+    let t = pt.unmap(range(0x40_0000, 4 * 4096)).unwrap();
+    assert_eq!(hint(&t), tlb::LeafHint::UNKNOWN);
+    fx.complete(t);
+}

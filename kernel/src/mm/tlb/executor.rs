@@ -325,11 +325,11 @@ pub fn execute(token: TlbFlush, target: &FlushTarget<'_>) -> Result<FlushDone, F
                 Some(Some((own_inval, own_cause, own_up)))
                     if list.effective_mode() == SecondaryTlbMode::NestedUnaware =>
                 {
-                    (own_inval.range, own_cause, own_up)
+                    (own_inval, own_cause, own_up)
                 }
-                _ => (inval.range, cause, upgrade_only),
+                _ => (inval, cause, upgrade_only),
             };
-            let report = list.notify(asid, told.0, told.1, told.2);
+            let report = list.notify(asid, told.0.range, told.1, told.2, told.0.hint());
             if let Some(s) = target.stats {
                 s.add_secondary(&report);
             }

@@ -57,4 +57,4 @@ pub use secondary::{
     Delivery, SecondaryTlb, SecondaryTlbError, SecondaryTlbFailure, SecondaryTlbHandle,
     SecondaryTlbMode, SecondaryTlbs,
 };
-pub use token::{Deferred, FlushCause, FlushDone, Invalidation, Stride, TlbFlush};
+pub use token::{Deferred, FlushCause, FlushDone, Invalidation, LeafHint, Stride, TlbFlush};

@@ -50,7 +50,10 @@ use core::{
 
 use spin::Mutex;
 
-use crate::mm::tlb::{range::FlushRange, token::FlushCause};
+use crate::mm::tlb::{
+    range::FlushRange,
+    token::{FlushCause, LeafHint},
+};
 
 /// A TLB outside the CPU that caches translations from shared page tables.
 ///
@@ -75,6 +78,24 @@ pub trait SecondaryTlb: Send + Sync {
         range: FlushRange,
         cause: FlushCause,
     ) -> Result<(), SecondaryTlbError>;
+
+    /// [`SecondaryTlb::invalidate`], with what the page-table change knows about the entries
+    /// it changed; a TLB that can invalidate less with it overrides this (the default ignores
+    /// the hint).
+    ///
+    /// # Errors
+    ///
+    /// As [`SecondaryTlb::invalidate`].
+    fn invalidate_hinted(
+        &self,
+        asid: u16,
+        range: FlushRange,
+        cause: FlushCause,
+        hint: LeafHint,
+    ) -> Result<(), SecondaryTlbError> {
+        let _ = hint;
+        self.invalidate(asid, range, cause)
+    }
 }
 
 /// What kind of failure a secondary TLB reported.
@@ -440,12 +461,13 @@ impl SecondaryTlbs {
         asid: u16,
         range: FlushRange,
         cause: FlushCause,
+        hint: LeafHint,
     ) -> Option<Result<(), SecondaryTlbError>> {
         e.in_flight.fetch_add(1, Ordering::SeqCst);
         let r = if e.removed.load(Ordering::SeqCst) {
             None
         } else {
-            Some(e.tlb.invalidate(asid, range, cause))
+            Some(e.tlb.invalidate_hinted(asid, range, cause, hint))
         };
         e.in_flight.fetch_sub(1, Ordering::SeqCst);
         r
@@ -459,6 +481,7 @@ impl SecondaryTlbs {
         range: FlushRange,
         cause: FlushCause,
         upgrade_only: bool,
+        hint: LeafHint,
     ) -> NotifyReport {
         let mut report = NotifyReport::default();
         let list = self.snapshot();
@@ -484,22 +507,26 @@ impl SecondaryTlbs {
         // A put-off invalidation goes out first (too late: that was the point of the mode).
         let owed = self.owed.lock().take();
         if let Some((owed_asid, owed_range)) = owed {
-            self.notify_list(&list, owed_asid, owed_range, FlushCause::Move, &mut report);
+            self.notify_list(
+                &list,
+                (owed_asid, owed_range, FlushCause::Move),
+                LeafHint::UNKNOWN,
+                &mut report,
+            );
         }
-        self.notify_list(&list, asid, range, cause, &mut report);
+        self.notify_list(&list, (asid, range, cause), hint, &mut report);
         report
     }
 
     fn notify_list(
         &self,
         list: &[Arc<Entry>],
-        asid: u16,
-        range: FlushRange,
-        cause: FlushCause,
+        (asid, range, cause): (u16, FlushRange, FlushCause),
+        hint: LeafHint,
         report: &mut NotifyReport,
     ) {
         for e in list.iter() {
-            match Self::call(e, asid, range, cause) {
+            match Self::call(e, asid, range, cause, hint) {
                 None => {}
                 Some(Ok(())) => report.notified += 1,
                 Some(Err(err)) => {
@@ -607,11 +634,11 @@ mod tests {
         let r = FlushRange::page(VirtAddr(0x1000));
         // Nothing registered: nothing to do, even in sync mode.
         list.set_mode_override(Some(SecondaryTlbMode::Sync));
-        tally(list.notify(1, r, FlushCause::Unmap, false));
+        tally(list.notify(1, r, FlushCause::Unmap, false, LeafHint::UNKNOWN));
         let a = list.register(RecordingSecondary::new("a", log.clone()));
         let _b = list.register(RecordingSecondary::new("b", log.clone()));
         assert_eq!(list.len(), 2);
-        tally(list.notify(1, r, FlushCause::Protect, true));
+        tally(list.notify(1, r, FlushCause::Protect, true, LeafHint::UNKNOWN));
         assert_eq!(
             log.take_secondary(),
             vec![
@@ -620,12 +647,18 @@ mod tests {
             ]
         );
         list.set_mode_override(Some(SecondaryTlbMode::Legacy));
-        tally(list.notify(1, r, FlushCause::Protect, true));
+        tally(list.notify(1, r, FlushCause::Protect, true, LeafHint::UNKNOWN));
         assert_eq!(log.take_secondary(), vec![], "legacy skips the upgrade");
-        tally(list.notify(1, r, FlushCause::Unmap, false));
+        tally(list.notify(1, r, FlushCause::Unmap, false, LeafHint::UNKNOWN));
         assert_eq!(log.take_secondary().len(), 2, "legacy still sends the rest");
         list.set_mode_override(Some(SecondaryTlbMode::Off));
-        tally(list.notify(1, FlushRange::All, FlushCause::Teardown, false));
+        tally(list.notify(
+            1,
+            FlushRange::All,
+            FlushCause::Teardown,
+            false,
+            LeafHint::UNKNOWN,
+        ));
         assert_eq!(log.take_secondary(), vec![]);
         assert_eq!((notified, skipped), (4, 4));
         assert!(list.unregister(a).is_some());
@@ -674,6 +707,7 @@ mod tests {
                             FlushRange::page(VirtAddr(0x1000 * n)),
                             FlushCause::Unmap,
                             false,
+                            LeafHint::UNKNOWN,
                         );
                         assert_eq!(r.failures, 0);
                         n = (n + 1) % 1000;

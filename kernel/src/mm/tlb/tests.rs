@@ -18,6 +18,7 @@ fn inv(range: FlushRange, leaf_only: bool) -> Invalidation {
         range,
         leaf_only,
         stride: Stride::Page,
+        level: None,
     }
 }
 
@@ -251,6 +252,7 @@ fn plan_block_stride() {
         range: FlushRange::pages(va(0x20_0000), 3 * 512).unwrap(),
         leaf_only: true,
         stride: Stride::Block2M,
+        level: Some(2),
     };
     assert_eq!(
         ops(&p, TlbScope::Asid(2), false),

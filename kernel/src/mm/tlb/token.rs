@@ -63,6 +63,38 @@ pub struct Invalidation {
     pub leaf_only: bool,
     /// Granularity hint for the CPU plan.
     pub stride: Stride,
+    /// Every changed leaf is at this translation table level (3: pages, 2: 2 MiB blocks, 1:
+    /// 1 GiB blocks); `None` when mixed or unknown.
+    pub level: Option<u8>,
+}
+
+/// What a secondary TLB may use to invalidate less (the SMMU's `Leaf` and `TTL` fields, IHI
+/// 0070 §4.4.1): only leaf entries changed, all at one level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LeafHint {
+    /// Only leaf entries changed and no table was freed: walk caches may stay.
+    pub leaf_only: bool,
+    /// The level of every changed leaf; only given when `leaf_only` (a freed or changed table
+    /// may have cached walks at any level).
+    pub level: Option<u8>,
+}
+
+impl LeafHint {
+    /// Nothing known.
+    pub const UNKNOWN: Self = Self {
+        leaf_only: false,
+        level: None,
+    };
+}
+
+impl Invalidation {
+    /// What secondary TLBs may rely on for this invalidation.
+    pub const fn hint(&self) -> LeafHint {
+        LeafHint {
+            leaf_only: self.leaf_only,
+            level: if self.leaf_only { self.level } else { None },
+        }
+    }
 }
 
 static NEXT_FLUSH_ID: AtomicU64 = AtomicU64::new(1);
@@ -214,6 +246,7 @@ impl TlbFlush {
             range,
             leaf_only: false,
             stride: Stride::Page,
+            level: None,
         });
         self.upgrade_only = false;
         self.barrier = true;
@@ -271,6 +304,7 @@ impl TlbFlush {
                     } else {
                         Stride::Page
                     },
+                    level: if a.level == b.level { a.level } else { None },
                 })
             }
         };
