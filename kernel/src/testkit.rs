@@ -26,7 +26,7 @@ use alloc::{format, string::String, sync::Arc, vec::Vec};
 use core::fmt;
 use protocol::trace_mark::Mark;
 use smmu::{
-    CounterSnapshot,
+    CounterSnapshot, FlushHint, InvalPolicy,
     planner::{FlushKind, FlushPlan},
 };
 
@@ -372,17 +372,19 @@ pub fn fault_of(result: Result<(), DmaError>, what: &str) -> Result<Option<DmaFa
     }
 }
 
-/// The SMMU commands the planner in use makes of one flush of `kind` (in any ASID: the ASID
-/// does not change the plan's shape): a snapshot with the invalidation counters filled in
-/// (`tlbi_nh_va`, `tlbi_nh_va_range`, `tlbi_nh_asid`, `tlbi_all`) and one `sync`, for comparing
-/// with what a flush really issued.
-pub fn planned_commands(kind: FlushKind) -> Result<CounterSnapshot, String> {
+/// The SMMU commands the planner in use (its `smmu.inval` policy) makes of one flush of `kind`
+/// whose changed entries `hint` describes (in any ASID: the ASID does not change the plan's
+/// shape): a snapshot with the invalidation counters filled in (`tlbi_nh_va`,
+/// `tlbi_nh_va_range`, `tlbi_nh_asid`, `tlbi_all`) and one `sync`, for comparing with what a
+/// flush really issued.
+pub fn planned_commands(kind: FlushKind, hint: FlushHint) -> Result<CounterSnapshot, String> {
     let iommu = iommu::get().ok_or("no SMMU")?;
     let config = iommu
         .smmu()
         .planner_config()
         .map_err(|e| format!("planner config: {e}"))?;
-    let plan = FlushPlan::new(&config, 1, kind).map_err(|e| format!("plan {kind:?}: {e}"))?;
+    let plan =
+        FlushPlan::with_hint(&config, 1, kind, hint).map_err(|e| format!("plan {kind:?}: {e}"))?;
     let mut c = CounterSnapshot {
         sync: 1,
         ..CounterSnapshot::default()
@@ -396,6 +398,73 @@ pub fn planned_commands(kind: FlushKind) -> Result<CounterSnapshot, String> {
         }
     }
     Ok(c)
+}
+
+/// Leaf pages (level 3) changed in place, no table freed: what most scenario flushes are.
+pub const PAGES_CHANGED: FlushHint = FlushHint {
+    leaf_only: true,
+    level: Some(3),
+};
+
+/// Whole 2 MiB blocks changed in place.
+pub const BLOCKS_CHANGED: FlushHint = FlushHint {
+    leaf_only: true,
+    level: Some(2),
+};
+
+/// The invalidation counters of a snapshot: (TLBI_NH_VA, range TLBI_NH_VA, TLBI_NH_ASID,
+/// TLBI_NH_ALL, CMD_SYNC).
+pub fn inval_counts(c: &CounterSnapshot) -> (u64, u64, u64, u64, u64) {
+    (
+        c.tlbi_nh_va,
+        c.tlbi_nh_va_range,
+        c.tlbi_nh_asid,
+        c.tlbi_all,
+        c.sync,
+    )
+}
+
+/// The sum, counter by counter, of the plans of several flushes.
+pub fn planned_sum(flushes: &[(FlushKind, FlushHint)]) -> Result<CounterSnapshot, String> {
+    let mut total = CounterSnapshot::default();
+    for &(kind, hint) in flushes {
+        let c = planned_commands(kind, hint)?;
+        total.tlbi_nh_va += c.tlbi_nh_va;
+        total.tlbi_nh_va_range += c.tlbi_nh_va_range;
+        total.tlbi_nh_asid += c.tlbi_nh_asid;
+        total.tlbi_all += c.tlbi_all;
+        total.sync += c.sync;
+    }
+    Ok(total)
+}
+
+/// Checks that the SMMU received exactly the planned commands of `flushes` (each one
+/// `CMD_SYNC`), whatever the `smmu.inval` policy.
+pub fn expect_planned(
+    issued: &CounterSnapshot,
+    flushes: &[(FlushKind, FlushHint)],
+    what: &str,
+) -> TestResult {
+    let planned = planned_sum(flushes)?;
+    if inval_counts(issued) == inval_counts(&planned) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: issued (nh_va, range, nh_asid, nh_all, sync) {:?}, the {} planner plans {:?} \
+             ({issued})",
+            inval_counts(issued),
+            policy(),
+            inval_counts(&planned)
+        )
+        .into())
+    }
+}
+
+/// The `smmu.inval` policy in use.
+pub fn policy() -> InvalPolicy {
+    iommu::get()
+        .and_then(|i| i.smmu().planner_config().ok())
+        .map_or(InvalPolicy::Precise, |c| c.policy)
 }
 
 /// Per-page verdicts of a check that covers many pages: a scenario is fresh only if every

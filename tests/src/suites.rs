@@ -61,6 +61,11 @@ pub const SUITES: &[Suite] = &[
     // need a second CPU are skipped on one.
     Suite::new("one-cpu", "").with_env(&[("QEMU_SMP", "1")]),
     Suite::new("four-cpus", "").with_env(&[("QEMU_SMP", "4")]),
+    // The SMMU invalidation policies other than the default (`precise`): every scenario and
+    // negative control must hold under each; command counts are checked against the plan of
+    // the policy in use.
+    Suite::new("inval-linux66", "smmu.inval=linux66"),
+    Suite::new("inval-linux-latest", "smmu.inval=linux-latest"),
     // DMA completion by polling instead of the edu interrupt.
     Suite::new("edu-poll", "edu.completion=poll"),
     // Entered at EL2 (the boot stub drops to EL1; PSCI then goes through SMC) with a GICv2
