@@ -15,6 +15,7 @@ pub mod console;
 pub mod error;
 pub mod oracle;
 pub mod qemu;
+pub mod report;
 pub mod suites;
 pub mod trace;
 pub mod verdict;

@@ -19,6 +19,10 @@ usage:
   harness oracle [--timeout SECS]
       run the invalidation scenarios with QEMU's SMMU trace on and check them from the
       trace alone (tests/src/oracle.rs)
+  harness report [--out DIR] [--timeout SECS]
+      the invalidation cost report: commands, CMD_SYNCs and collateral loss per flush
+      shape and smmu.inval policy, from QEMU's trace, as Markdown and SVG
+      (DIR defaults to target/report; tests/src/report.rs)
   harness list
       list the suites
 
@@ -51,6 +55,7 @@ struct Args {
     bootargs: String,
     features: Vec<String>,
     timeout: Option<Duration>,
+    out: Option<String>,
 }
 
 fn parse_args(args: &[String]) -> Result<Args, Error> {
@@ -66,6 +71,7 @@ fn parse_args(args: &[String]) -> Result<Args, Error> {
             "--filter" => out.filter = Some(value("--filter")?),
             "--suite" => out.suites.push(value("--suite")?),
             "--bootargs" => out.bootargs = value("--bootargs")?,
+            "--out" => out.out = Some(value("--out")?),
             "--features" => out
                 .features
                 .extend(value("--features")?.split(',').map(String::from)),
@@ -162,6 +168,14 @@ fn run(args: &[String]) -> Result<bool, Error> {
         }
         "oracle" => {
             let counts = harness::oracle::run(&root, opts.timeout, false)?;
+            print_total(counts);
+            Ok(counts.failed == 0)
+        }
+        "report" => {
+            let dir = args
+                .out
+                .map_or_else(|| root.join("target/report"), std::path::PathBuf::from);
+            let counts = harness::report::run(&root, &dir, opts.timeout, false)?;
             print_total(counts);
             Ok(counts.failed == 0)
         }

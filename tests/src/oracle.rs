@@ -307,7 +307,7 @@ fn permission_records(records: &[Record]) -> Vec<u64> {
 }
 
 /// The first IOTLB lookup of (`asid`, page) in `records`: `Some(true)` for a hit.
-fn first_lookup(records: &[Record], asid: i64, page: u64) -> Option<bool> {
+pub(crate) fn first_lookup(records: &[Record], asid: i64, page: u64) -> Option<bool> {
     records.iter().find_map(|r| match r.event {
         Event::IotlbHit { asid: a, addr, .. } if a == asid && addr & PAGE_MASK == page => {
             Some(true)

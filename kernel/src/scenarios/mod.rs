@@ -8,6 +8,7 @@
 
 pub mod batching;
 pub mod blocks;
+pub mod costs;
 pub mod moves;
 mod outcome;
 pub use outcome::Outcome;
