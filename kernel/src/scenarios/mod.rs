@@ -28,8 +28,9 @@ pub type Scenario = fn(SecondaryTlbMode) -> Result<Outcome, String>;
 pub static DEMO_EXTRAS: &[(&str, &str, Scenario, SecondaryTlbMode)] = &[
     (
         "Act 3: a range too large for page-by-page invalidation",
-        "512 and 600 pages cached, then upgraded in one operation. Like Linux (512 pages at\n\
-         4 KiB), the planner sends one TLBI_NH_ASID instead of hundreds of commands:",
+        "512 and 600 pages cached, then upgraded in one operation. Linux 6.6's policy\n\
+         (smmu.inval=linux66) sends one TLBI_NH_ASID, which empties the device's whole IOTLB\n\
+         for the ASID; the default (precise) sends one range command covering the range:",
         ranges::range_protect_large,
         SecondaryTlbMode::Off,
     ),
