@@ -33,6 +33,8 @@ pub struct BootConfig {
     /// `smmu.inval=linux66|linux-latest|precise` (default `precise`): the SMMU invalidation
     /// planner's policy.
     pub smmu_inval: InvalPolicy,
+    /// `smmu.ril=on|off` (default `on`): plan range invalidations when the SMMU supports them.
+    pub smmu_ril: bool,
     /// `edu.completion=irq|poll` (default `irq`).
     pub edu_completion: Completion,
 }
@@ -46,6 +48,7 @@ impl Default for BootConfig {
             smmu_strtab: None,
             smmu_trace_marks: false,
             smmu_inval: InvalPolicy::Precise,
+            smmu_ril: true,
             edu_completion: Completion::Irq,
         }
     }
@@ -137,6 +140,21 @@ fn value<T: FromStr>(key: &'static Key, value: Option<&str>) -> Result<T, BootAr
     })
 }
 
+/// A switch spelled `on` or `off`.
+struct OnOff(bool);
+
+impl FromStr for OnOff {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "on" => Ok(Self(true)),
+            "off" => Ok(Self(false)),
+            _ => Err(()),
+        }
+    }
+}
+
 /// A flag: present means on; a value is an error.
 fn flag(key: &'static Key, value: Option<&str>) -> Result<bool, BootArgError> {
     match value {
@@ -200,6 +218,14 @@ pub static KEYS: &[Key] = &[
         },
     },
     Key {
+        name: "smmu.ril",
+        accepted: "on|off",
+        apply: |k, c, v| {
+            c.smmu_ril = value::<OnOff>(k, v)?.0;
+            Ok(())
+        },
+    },
+    Key {
         name: "smmu.trace_marks",
         accepted: "",
         apply: |k, c, v| {
@@ -255,7 +281,7 @@ mod tests {
         let c = BootConfig::parse(
             "log=debug ktest  secondary_tlb=legacy log=warn smmu.strtab=linear \
              smmu.trace_marks edu.completion=poll secondary_tlb=off\tsmmu.strtab=2level \
-             smmu.inval=linux66",
+             smmu.inval=linux66 smmu.ril=off",
         )
         .unwrap();
         assert_eq!(
@@ -267,6 +293,7 @@ mod tests {
                 smmu_strtab: Some(StrtabFormat::TwoLevel),
                 smmu_trace_marks: true,
                 smmu_inval: InvalPolicy::Linux66,
+                smmu_ril: false,
                 edu_completion: Completion::Poll,
             }
         );

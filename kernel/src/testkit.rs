@@ -460,6 +460,13 @@ pub fn expect_planned(
     }
 }
 
+/// Whether the planner in use plans range invalidations (`IDR3.RIL`, unless `smmu.ril=off`).
+pub fn planner_ril() -> bool {
+    iommu::get()
+        .and_then(|i| i.smmu().planner_config().ok())
+        .is_some_and(|c| c.ril)
+}
+
 /// The `smmu.inval` policy in use.
 pub fn policy() -> InvalPolicy {
     iommu::get()

@@ -95,6 +95,9 @@ pub struct SmmuConfig {
     pub global_entries: bool,
     /// The invalidation policy of the planner.
     pub inval_policy: InvalPolicy,
+    /// Use range invalidation when the SMMU has it (`IDR3.RIL`); `false` plans as if it had
+    /// not (single-address commands are valid on every SMMU), to compare the two.
+    pub use_ril: bool,
 }
 
 impl Default for SmmuConfig {
@@ -113,6 +116,7 @@ impl Default for SmmuConfig {
             asid_threshold_pages: None,
             global_entries: false,
             inval_policy: InvalPolicy::Precise,
+            use_ril: true,
         }
     }
 }
@@ -563,6 +567,7 @@ impl<H: SmmuHal> Smmu<H> {
         planner.va_bits = config.va_bits;
         planner.global_entries = config.global_entries;
         planner.policy = config.inval_policy;
+        planner.ril &= config.use_ril;
         if let Some(pages) = config.asid_threshold_pages {
             planner.asid_threshold_pages = pages;
         }

@@ -49,6 +49,8 @@ pub struct Row {
     pub working_set: u64,
     /// The kernel's own count of invalidation commands agreed with the trace.
     pub counts_agree: bool,
+    /// Guest time of the change and its flush, in ns (virtual time under icount).
+    pub guest_ns: u64,
 }
 
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -118,13 +120,16 @@ pub fn measure(console: &str, records: &[trace::Record]) -> Result<Vec<Row>, Str
             lost,
             working_set: ws_pages + nb_pages,
             counts_agree: kernel == commands && number(line, "sync")? == seen.sync,
+            guest_ns: number(line, "guest_ns").unwrap_or(0),
         });
     }
     Ok(rows)
 }
 
-/// Check the claims over a full table; `(name, ok, detail)` per check.
-pub fn checks(rows: &[Row]) -> Vec<(String, bool, String)> {
+/// Check the claims over a full table measured with range invalidation (`ril`) or without;
+/// `(name, ok, detail)` per check. Without RIL every policy keeps the ASID threshold for page
+/// ranges, so only whole blocks (one single-address command for `precise`) must lose less.
+pub fn checks(rows: &[Row], ril: bool) -> Vec<(String, bool, String)> {
     let mut out = Vec::new();
     let find =
         |shape: &str, policy: &str| rows.iter().find(|r| r.shape == shape && r.policy == policy);
@@ -165,8 +170,9 @@ pub fn checks(rows: &[Row]) -> Vec<(String, bool, String)> {
                 precise.commands, l66.commands, latest.commands
             ),
         ));
+        let blocks = matches!(shape, "2 MiB block" | "split");
         let partial_large = precise.pages >= 512 && shape != "whole space";
-        if partial_large {
+        if (ril && partial_large) || blocks {
             out.push((
                 format!("{shape}: precise loses strictly fewer unrelated entries than linux66"),
                 precise.lost < l66.lost,
@@ -180,8 +186,8 @@ pub fn checks(rows: &[Row]) -> Vec<(String, bool, String)> {
 /// The table as Markdown, one row per shape, three column groups (one per policy).
 pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| shape | pages | linux66: cmds / sync / lost | linux-latest: cmds / sync / lost | \
-         precise: cmds / sync / lost |\n|---|---:|---:|---:|---:|\n",
+        "| shape | pages | linux66: cmds / sync / lost / µs | linux-latest: cmds / sync / lost / µs | \
+         precise: cmds / sync / lost / µs |\n|---|---:|---:|---:|---:|\n",
     );
     let mut shapes: Vec<(&str, u64)> = Vec::new();
     for r in rows {
@@ -196,8 +202,12 @@ pub fn markdown(rows: &[Row]) -> String {
                 Some(r) => {
                     let _ = write!(
                         s,
-                        " {} / {} / {} of {} |",
-                        r.commands, r.syncs, r.lost, r.working_set
+                        " {} / {} / {} of {} / {:.1} |",
+                        r.commands,
+                        r.syncs,
+                        r.lost,
+                        r.working_set,
+                        r.guest_ns as f64 / 1000.0
                     );
                 }
                 None => s.push_str(" – |"),
@@ -212,7 +222,7 @@ pub fn markdown(rows: &[Row]) -> String {
 ///
 /// # Errors
 /// The plotting library's error, as text.
-pub fn plot(rows: &[Row], path: &Path) -> Result<(), String> {
+pub fn plot(rows: &[Row], path: &Path, tag: &str) -> Result<(), String> {
     use plotters::prelude::*;
     let mut shapes: Vec<&str> = Vec::new();
     for r in rows {
@@ -245,6 +255,7 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<(), String> {
     for (area, title, value) in panels {
         // Head room above the tallest bar for the legend.
         let max = rows.iter().map(value).max().unwrap_or(1).max(1) * 3 / 2 + 1;
+        let title = format!("{title} [{tag}]");
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 18))
             .margin(12)
@@ -300,8 +311,9 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Boot the cost benchmark once per policy with the trace on, measure, check, and write
-/// `inval-costs.md` and `inval-costs.svg` into `out_dir`. Prints one line per check; returns
+/// Boot the cost benchmark once per policy, with range invalidation and without it
+/// (`smmu.ril=off`), with the trace on; measure, check, and write `inval-costs.md`,
+/// `inval-costs.svg` and `inval-costs-no-ril.svg` into `out_dir`. Prints one line per check; returns
 /// their counts.
 ///
 /// # Errors
@@ -313,63 +325,78 @@ pub fn run(root: &Path, out_dir: &Path, timeout: Duration, echo: bool) -> Result
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
-    let mut rows = Vec::new();
     let mut counts = Summary::default();
     let fail = |counts: &mut Summary, what: String, detail: String| {
         counts.failed += 1;
         println!("    {detail}");
         println!("report {what} ... FAILED");
     };
-    for policy in POLICIES {
-        let trace_path = trace_dir.join(format!("report-{policy}.log"));
-        let _ = std::fs::remove_file(&trace_path);
-        let mut cfg = RunConfig::new(
-            &kernel,
-            format!("ktest=inval_costs smmu.inval={policy} smmu.trace_marks"),
-        );
-        cfg.timeout = timeout;
-        cfg.echo = echo;
-        cfg.env = vec![("QEMU_TRACE_FILE".into(), trace_path.display().to_string())];
-        println!(
-            "==> report run: smmu.inval={policy} (trace {})",
-            trace_path.display()
-        );
-        let out = qemu::run(root, &cfg)?;
-        let v = verdict::judge(&console::parse(&out.console), out.end);
-        if !v.passed() || v.tests.is_empty() {
-            fail(
-                &mut counts,
-                format!("{policy}: the benchmark's own checks passed"),
-                format!("{}", v.counts()),
-            );
-            continue;
-        }
-        match trace::read(&trace_path)
-            .map_err(|e| e.to_string())
-            .and_then(|records| measure(&out.console, &records))
-        {
-            Ok(r) => rows.extend(r),
-            Err(e) => fail(&mut counts, format!("{policy}: trace measured"), e),
-        }
-    }
-    for (name, ok, detail) in checks(&rows) {
-        if ok {
-            counts.passed += 1;
-            println!("report {name} ... ok  [{detail}]");
+    let mut written = Vec::new();
+    let mut text = String::new();
+    for ril in [true, false] {
+        let (tag, suffix) = if ril {
+            ("RIL", "")
         } else {
-            fail(&mut counts, name, detail);
+            ("no RIL", "-no-ril")
+        };
+        let mut rows = Vec::new();
+        for policy in POLICIES {
+            let trace_path = trace_dir.join(format!("report-{policy}{suffix}.log"));
+            let _ = std::fs::remove_file(&trace_path);
+            let ril_arg = if ril { "" } else { " smmu.ril=off" };
+            let mut cfg = RunConfig::new(
+                &kernel,
+                format!("ktest=inval_costs smmu.inval={policy}{ril_arg} smmu.trace_marks"),
+            );
+            cfg.timeout = timeout;
+            cfg.echo = echo;
+            cfg.env = vec![("QEMU_TRACE_FILE".into(), trace_path.display().to_string())];
+            println!(
+                "==> report run: smmu.inval={policy}{ril_arg} (trace {})",
+                trace_path.display()
+            );
+            let out = qemu::run(root, &cfg)?;
+            let v = verdict::judge(&console::parse(&out.console), out.end);
+            if !v.passed() || v.tests.is_empty() {
+                fail(
+                    &mut counts,
+                    format!("{policy} ({tag}): the benchmark's own checks passed"),
+                    format!("{}", v.counts()),
+                );
+                continue;
+            }
+            match trace::read(&trace_path)
+                .map_err(|e| e.to_string())
+                .and_then(|records| measure(&out.console, &records))
+            {
+                Ok(r) => rows.extend(r),
+                Err(e) => fail(&mut counts, format!("{policy} ({tag}): trace measured"), e),
+            }
         }
+        for (name, ok, detail) in checks(&rows, ril) {
+            let name = format!("{tag}: {name}");
+            if ok {
+                counts.passed += 1;
+                println!("report {name} ... ok  [{detail}]");
+            } else {
+                fail(&mut counts, name, detail);
+            }
+        }
+        let md = markdown(&rows);
+        let _ = write!(text, "### With {tag}\n\n{md}\n");
+        let svg_path = out_dir.join(format!("inval-costs{suffix}.svg"));
+        if let Err(e) = plot(&rows, &svg_path, tag) {
+            fail(&mut counts, format!("{tag}: plot written"), e);
+        }
+        written.push(svg_path);
     }
-    let md = markdown(&rows);
     let md_path = out_dir.join("inval-costs.md");
-    std::fs::write(&md_path, &md)
+    std::fs::write(&md_path, &text)
         .map_err(|e| Error::io(format!("writing {}", md_path.display()), e))?;
-    let svg_path = out_dir.join("inval-costs.svg");
-    if let Err(e) = plot(&rows, &svg_path) {
-        fail(&mut counts, "plot written".into(), e);
+    println!("\n{text}");
+    for p in written.iter().chain([&md_path]) {
+        println!("wrote {}", p.display());
     }
-    println!("\n{md}");
-    println!("wrote {} and {}", md_path.display(), svg_path.display());
     Ok(counts)
 }
 
@@ -387,6 +414,7 @@ mod tests {
             lost,
             working_set: 64,
             counts_agree: true,
+            guest_ns: 0,
         }
     }
 
@@ -397,24 +425,34 @@ mod tests {
             row("600 pages", 600, "linux-latest", 2, 0),
             row("600 pages", 600, "precise", 1, 0),
         ];
-        assert!(checks(&good).iter().all(|c| c.1), "{:?}", checks(&good));
+        assert!(
+            checks(&good, true).iter().all(|c| c.1),
+            "{:?}",
+            checks(&good, true)
+        );
         let mut costly = good.clone();
         costly[2].commands = 2;
         assert!(
-            checks(&costly)
+            checks(&costly, true)
                 .iter()
                 .any(|c| !c.1 && c.0.contains("no more commands"))
         );
         let mut lossy = good.clone();
         lossy[2].lost = 64;
         assert!(
-            checks(&lossy)
+            checks(&lossy, true)
                 .iter()
                 .any(|c| !c.1 && c.0.contains("strictly fewer"))
         );
+        // Without RIL a 600-page range is ASID-wide for every policy: no loss claim.
+        assert!(
+            checks(&lossy, false)
+                .iter()
+                .all(|c| !c.0.contains("strictly fewer"))
+        );
         let mut missing = good;
         missing.pop();
-        assert!(checks(&missing).iter().any(|c| !c.1));
+        assert!(checks(&missing, true).iter().any(|c| !c.1));
     }
 
     #[test]
@@ -445,9 +483,10 @@ smmu_iotlb_lookup_hit IOTLB cache HIT asid=1 addr=0x8000001000 hit=1 miss=1 hit 
                 syncs: 1,
                 lost: 1,
                 working_set: 2,
-                counts_agree: true
+                counts_agree: true,
+                guest_ns: 0
             }]
         );
-        assert!(markdown(&rows).contains("| 512 pages | 512 | 1 / 1 / 1 of 2 |"));
+        assert!(markdown(&rows).contains("| 512 pages | 512 | 1 / 1 / 1 of 2 / 0.0 |"));
     }
 }

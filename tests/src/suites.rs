@@ -66,6 +66,8 @@ pub const SUITES: &[Suite] = &[
     // the policy in use.
     Suite::new("inval-linux66", "smmu.inval=linux66"),
     Suite::new("inval-linux-latest", "smmu.inval=linux-latest"),
+    // The default policy planning without range invalidation (as on an SMMU without RIL).
+    Suite::new("no-ril", "smmu.ril=off"),
     // DMA completion by polling instead of the edu interrupt.
     Suite::new("edu-poll", "edu.completion=poll"),
     // Entered at EL2 (the boot stub drops to EL1; PSCI then goes through SMC) with a GICv2

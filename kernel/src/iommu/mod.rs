@@ -151,6 +151,7 @@ pub fn init(platform: &Platform, config: &BootConfig) -> Result<&'static Iommu, 
     smmu.init(&SmmuConfig {
         strtab_format: config.smmu_strtab,
         inval_policy: config.smmu_inval,
+        use_ril: config.smmu_ril,
         ..SmmuConfig::default()
     })?;
     smmu.check_invariants()

@@ -12,6 +12,10 @@
 //! `inval-cost` line with its trace-marked window, and counts the pages of both working sets
 //! whose first lookup after the window is a miss.
 //!
+//! Each line also carries the guest time of the change and its flush (`guest_ns`, from the
+//! virtual counter: under `-icount` an instruction count, so it measures what issuing the
+//! commands costs the CPU, not QEMU's work on them, nor the device's refills).
+//!
 //! Every flush must still be correct: the changed pages are checked fresh by a device write
 //! after the flush (an upgrade RO→RW must let it through), so a policy that under-invalidates
 //! fails here. The figures themselves are reported, never asserted.
@@ -171,8 +175,9 @@ fn run_shape(rig: &Rig, name: &str, change: Change) -> Result<String, String> {
         rig.device_probe(nb_va + i * PAGE_SIZE)
             .map_err(|e| format!("{name}: caching neighbour page {i}: {e}"))?;
     }
-    let (changed, commands) = commands_during(|| -> Result<(), String> {
+    let (changed, commands) = commands_during(|| -> Result<u64, String> {
         let r = range(va, pages)?;
+        let start = crate::time::now_ns();
         match change {
             Change::Upgrade { .. } | Change::BlockUpgrade => {
                 let t = rig
@@ -199,9 +204,9 @@ fn run_shape(rig: &Rig, name: &str, change: Change) -> Result<String, String> {
                 rig.space.flush(t).map_err(|e| format!("flush: {e}"))?;
             }
         }
-        Ok(())
+        Ok(crate::time::now_ns() - start)
     });
-    changed?;
+    let elapsed_ns = changed?;
     // The working set first (its first lookups after the window are what the report counts),
     // then the changed pages must be fresh: writable now.
     for i in 0..WORKING_SET {
@@ -241,7 +246,7 @@ fn run_shape(rig: &Rig, name: &str, change: Change) -> Result<String, String> {
     Ok(format!(
         "inval-cost shape=\"{name}\" pages={pages} asid={} ws_va={WS_VA:#x} ws_pages={WORKING_SET} \
          nb_va={nb_va:#x} nb_pages={NEIGHBOURS} \
-         nh_va={} range={} nh_asid={} nh_all={} sync={} commands={}",
+         nh_va={} range={} nh_asid={} nh_all={} sync={} commands={} guest_ns={elapsed_ns}",
         rig.space.asid(),
         commands.tlbi_nh_va,
         commands.tlbi_nh_va_range,
