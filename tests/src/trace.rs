@@ -102,7 +102,8 @@ pub enum Event {
         /// ASID.
         asid: i64,
     },
-    /// `smmuv3_record_event "<type> sid=<sid>"`: an event written to the event queue.
+    /// `smmuv3_record_event "<type> sid=<sid>"` (`smmuv3_propagate_event` on 11.x): an event
+    /// written to the event queue.
     RecordEvent {
         /// `SMMU_EVT_F_PERMISSION`, `SMMU_EVT_F_TRANSLATION`, ...
         kind: String,
@@ -223,7 +224,9 @@ fn event(name: &str, args: &str) -> Option<Event> {
         "smmu_iotlb_inv_asid" | "smmu_iotlb_inv_asid_vmid" => Event::IotlbInvAsid {
             asid: kv.int("asid")?,
         },
-        "smmuv3_record_event" => Event::RecordEvent {
+        // 7.2 to 10.x name it `smmuv3_record_event`; 11.x `smmuv3_propagate_event` (same
+        // arguments).
+        "smmuv3_record_event" | "smmuv3_propagate_event" => Event::RecordEvent {
             kind: args.split_whitespace().next()?.to_string(),
             sid: kv.uint("sid")?,
         },
@@ -416,6 +419,14 @@ mod tests {
 
     #[test]
     fn events_and_guest_errors() {
+        assert_eq!(
+            ev("smmuv3_propagate_event SMMU_EVT_F_PERMISSION sid=0x8"),
+            Event::RecordEvent {
+                kind: "SMMU_EVT_F_PERMISSION".into(),
+                sid: 8
+            },
+            "the 11.x name"
+        );
         assert_eq!(
             ev("smmuv3_record_event SMMU_EVT_F_PERMISSION sid=0x8"),
             Event::RecordEvent {

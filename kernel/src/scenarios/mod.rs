@@ -9,6 +9,7 @@
 pub mod batching;
 pub mod blocks;
 pub mod costs;
+pub mod model;
 pub mod moves;
 mod outcome;
 pub use outcome::Outcome;
