@@ -194,6 +194,16 @@ fn trigger(edge: bool) -> Trigger {
 }
 
 impl Iommu {
+    /// Submits `cmds` and one `CMD_SYNC`, waited for, with IRQs masked (for tests and probes
+    /// that need a command the flush paths never issue).
+    ///
+    /// # Errors
+    ///
+    /// The driver's error.
+    pub fn submit_commands(&self, cmds: &[smmu::Command]) -> Result<(), SmmuError> {
+        masked(|| self.smmu.submit(cmds))
+    }
+
     /// The SMMU driver.
     pub fn smmu(&self) -> &Smmu<KernelSmmuHal> {
         &self.smmu

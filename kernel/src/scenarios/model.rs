@@ -9,6 +9,11 @@
 //! - **Fault caching**: a translation fault, then the page is mapped with only a barrier (no
 //!   invalidation, as for any new mapping): a model that cached the fault keeps faulting.
 //!
+//! - **Range invalidation semantics**: three cached pages made stale; one range command of
+//!   `NUM = 1` (two pages) from the first; exactly the first two must walk afresh, the third
+//!   keep its stale entry. And a single-address command (`TG = 0`) at a page inside a cached
+//!   2 MiB block: the whole block entry must go.
+//!
 //! The results are printed as one `smmu-model ...` line; the probes fail only when they cannot
 //! run, never on a value (a different model is not a bug).
 
@@ -17,7 +22,7 @@ use crate::{
     mm::{PAGE_SIZE, pgtable::Perms, tlb::SecondaryTlbMode},
     println,
 };
-use alloc::{format, string::String};
+use alloc::{format, string::String, vec::Vec};
 
 /// Where the probed page lives, and the run of other pages touched after it.
 const PROBE_VA: u64 = IOVA_BASE + 0x50_0000_0000;
@@ -102,6 +107,99 @@ fn faults_cached(rig: &Rig) -> Result<bool, String> {
     Ok(again.is_some() || !p.holds(0, 16, 0x3C))
 }
 
+/// Caches `pages` pages at `va` (mapped to `old`), then remaps them to `new` with the SMMU left
+/// out: every cached entry is stale. With `block`, one 2 MiB block instead.
+fn stale_run(
+    rig: &Rig,
+    va: u64,
+    pages: u64,
+    old: &Frames,
+    new: &Frames,
+    block: bool,
+) -> Result<(), String> {
+    crate::testkit::map_with(&rig.space, va, old.pa(0), pages, Perms::RW, block)?;
+    for i in 0..pages.min(4) {
+        rig.device_probe(va + i * PAGE_SIZE)
+            .map_err(|e| format!("caching page {i}: {e}"))?;
+    }
+    rig.space
+        .set_secondary_mode_override(Some(SecondaryTlbMode::Off));
+    let moved = rig
+        .space
+        .remap(range(va, pages)?, new.pa(0))
+        .map_err(|e| format!("remap: {e}"));
+    rig.space
+        .set_secondary_mode_override(Some(SecondaryTlbMode::Sync));
+    moved
+}
+
+/// Whether page `i` of the run is stale (the device's write lands in the old frame).
+fn page_stale(rig: &Rig, va: u64, i: u64, old: &Frames) -> Result<bool, String> {
+    old.fill(i * PAGE_SIZE, 16, 0);
+    rig.load_device(0x6B, 16)?;
+    rig.device_writes(va + i * PAGE_SIZE, 16)
+        .map_err(|e| format!("write to page {i}: {e}"))?;
+    Ok(old.holds(i * PAGE_SIZE, 16, 0x6B))
+}
+
+/// (a two-page range command covers exactly two pages, a single-address command drops a block).
+fn invalidation_semantics(rig: &Rig) -> Result<(bool, bool), String> {
+    use crate::mm::addr::BLOCK_2M;
+    use smmu::{Command, command::TlbiRange, features::Granule};
+    let iommu = crate::iommu::get().ok_or("no SMMU")?;
+    let asid = rig.space.asid();
+    let va = PROBE_VA + 0x20_0000;
+    let (old, new) = (Frames::alloc(3, PAGE_SIZE)?, Frames::alloc(3, PAGE_SIZE)?);
+    stale_run(rig, va, 3, &old, &new, false)?;
+    let two = TlbiRange::new(Granule::Size4K, 1, 0, 0).map_err(|e| format!("{e}"))?;
+    iommu
+        .submit_commands(&[Command::TlbiNhVa {
+            asid,
+            addr: va,
+            leaf: false,
+            range: Some(two),
+        }])
+        .map_err(|e| format!("range command: {e}"))?;
+    let stale: Vec<bool> = (0..3)
+        .map(|i| page_stale(rig, va, i, &old))
+        .collect::<Result<_, _>>()?;
+    let range_exact = stale == [false, false, true];
+    rig.space
+        .flush_all()
+        .map_err(|e| format!("flush_all: {e}"))?;
+    rig.space
+        .flush(
+            rig.space
+                .unmap(range(va, 3)?)
+                .map_err(|e| format!("unmap: {e}"))?,
+        )
+        .map_err(|e| format!("flush: {e}"))?;
+
+    let bva = PROBE_VA + 0x40_0000;
+    let (bold, bnew) = (Frames::alloc(512, BLOCK_2M)?, Frames::alloc(512, BLOCK_2M)?);
+    stale_run(rig, bva, 512, &bold, &bnew, true)?;
+    iommu
+        .submit_commands(&[Command::TlbiNhVa {
+            asid,
+            addr: bva + 5 * PAGE_SIZE,
+            leaf: false,
+            range: None,
+        }])
+        .map_err(|e| format!("single-address command: {e}"))?;
+    let block_dropped = !page_stale(rig, bva, 0, &bold)?;
+    rig.space
+        .flush_all()
+        .map_err(|e| format!("flush_all: {e}"))?;
+    rig.space
+        .flush(
+            rig.space
+                .unmap(range(bva, 512)?)
+                .map_err(|e| format!("unmap: {e}"))?,
+        )
+        .map_err(|e| format!("flush: {e}"))?;
+    Ok((range_exact, block_dropped))
+}
+
 crate::ktest! {
     /// Measures the SMMU model's IOTLB capacity and whether it caches faults; prints them as an
     /// `smmu-model` line for `scripts/matrix`.
@@ -114,10 +212,14 @@ crate::ktest! {
         let rig = Rig::new(0, SecondaryTlbMode::Sync)?;
         let capacity = iotlb_capacity(&rig)?;
         let cached = faults_cached(&rig)?;
+        let (range_exact, block_dropped) = invalidation_semantics(&rig)?;
+        let yes = |b: bool| if b { "yes" } else { "no" };
         println!(
-            "smmu-model iotlb_capacity={} faults_cached={}",
+            "smmu-model iotlb_capacity={} faults_cached={} range_exact={} va_drops_block={}",
             capacity.map_or(format!(">{MAX_OTHERS}"), |c| format!("{c}")),
-            if cached { "yes" } else { "no" }
+            yes(cached),
+            yes(range_exact),
+            yes(block_dropped)
         );
         Ok(())
     }
