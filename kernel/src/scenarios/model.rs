@@ -55,15 +55,8 @@ fn survives(rig: &Rig, others: u64, old: &Frames, new: &Frames) -> Result<bool, 
     rig.device_writes(PROBE_VA, 16)
         .map_err(|e| format!("write to the probed page: {e}"))?;
     let stale = old.holds(0, 16, 0x7A);
-    // Forget everything before the next trial (whole-ASID flush, then unmap).
-    rig.space
-        .flush_all()
-        .map_err(|e| format!("flush_all: {e}"))?;
-    let t = rig
-        .space
-        .unmap(range(PROBE_VA, 1)?)
-        .map_err(|e| format!("unmap: {e}"))?;
-    rig.space.flush(t).map_err(|e| format!("flush: {e}"))?;
+    // Forget everything before the next trial.
+    forget_run(rig, PROBE_VA, 1)?;
     Ok(stale)
 }
 
@@ -133,6 +126,19 @@ fn stale_run(
     moved
 }
 
+/// Flushes the whole ASID and unmaps the run, so the next probe starts clean.
+fn forget_run(rig: &Rig, va: u64, pages: u64) -> Result<(), String> {
+    rig.space
+        .flush_all()
+        .map_err(|e| format!("flush_all: {e}"))?;
+    let t = rig
+        .space
+        .unmap(range(va, pages)?)
+        .map_err(|e| format!("unmap: {e}"))?;
+    rig.space.flush(t).map_err(|e| format!("flush: {e}"))?;
+    Ok(())
+}
+
 /// Whether page `i` of the run is stale (the device's write lands in the old frame).
 fn page_stale(rig: &Rig, va: u64, i: u64, old: &Frames) -> Result<bool, String> {
     old.fill(i * PAGE_SIZE, 16, 0);
@@ -164,16 +170,7 @@ fn invalidation_semantics(rig: &Rig) -> Result<(bool, bool), String> {
         .map(|i| page_stale(rig, va, i, &old))
         .collect::<Result<_, _>>()?;
     let range_exact = stale == [false, false, true];
-    rig.space
-        .flush_all()
-        .map_err(|e| format!("flush_all: {e}"))?;
-    rig.space
-        .flush(
-            rig.space
-                .unmap(range(va, 3)?)
-                .map_err(|e| format!("unmap: {e}"))?,
-        )
-        .map_err(|e| format!("flush: {e}"))?;
+    forget_run(rig, va, 3)?;
 
     let bva = PROBE_VA + 0x40_0000;
     let (bold, bnew) = (Frames::alloc(512, BLOCK_2M)?, Frames::alloc(512, BLOCK_2M)?);
@@ -187,16 +184,7 @@ fn invalidation_semantics(rig: &Rig) -> Result<(bool, bool), String> {
         }])
         .map_err(|e| format!("single-address command: {e}"))?;
     let block_dropped = !page_stale(rig, bva, 0, &bold)?;
-    rig.space
-        .flush_all()
-        .map_err(|e| format!("flush_all: {e}"))?;
-    rig.space
-        .flush(
-            rig.space
-                .unmap(range(bva, 512)?)
-                .map_err(|e| format!("unmap: {e}"))?,
-        )
-        .map_err(|e| format!("flush: {e}"))?;
+    forget_run(rig, bva, 512)?;
     Ok((range_exact, block_dropped))
 }
 
