@@ -453,19 +453,15 @@ impl FlushPlan {
                 let leaf = hint.leaf_only;
                 // The level's entry size, when every changed leaf is at one level and the
                 // range is made of whole entries of it.
-                let level = hint.level.and_then(|l| {
+                // A level is only trusted with leaf-only changes: a changed table may have
+                // cached walks at any level (and TTL with Leaf = 0 would leave them).
+                let level = hint.level.filter(|_| hint.leaf_only).and_then(|l| {
                     let n = level_pages(config.granule, l)?;
                     let entry = n << shift;
                     (first.is_multiple_of(entry) && pages.is_multiple_of(n)).then_some((l, n))
                 });
                 if config.ril {
                     let ttl = level.map_or(0, |(l, _)| l);
-                    let ttl = if ttl == 1 && matches!(config.granule, Granule::Size16K) {
-                        // TTL = 1 with 16 KiB needs DS, which is not probed: no hint then.
-                        0
-                    } else {
-                        ttl
-                    };
                     if pages == 1 && ttl == 0 {
                         return Ok(single(first, leaf));
                     }

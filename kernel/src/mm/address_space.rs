@@ -278,6 +278,14 @@ pub struct SmmuContext {
 // The address space
 // ---------------------------------------------------------------------------------------------
 
+/// What one open batch claims: the hull of the ranges it was asked to change (its flush may
+/// still be pending there), and the ranges its break-before-make steps will write after it.
+struct BatchClaim {
+    id: u64,
+    range: Option<FlushRange>,
+    makes: Vec<FlushRange>,
+}
+
 /// A TTBR0 address space that CPUs run in and secondary TLBs may share.
 pub struct AddressSpace {
     env: MmEnv,
@@ -288,8 +296,8 @@ pub struct AddressSpace {
     registrations: Mutex<Vec<SecondaryTlbHandle>>,
     policy: RwLock<FaultPolicy>,
     stats: FlushStats,
-    /// Open batches: (id, hull of the ranges each was asked to change so far).
-    batches: Mutex<Vec<(u64, Option<FlushRange>)>>,
+    /// Open batches and what each claims.
+    batches: Mutex<Vec<BatchClaim>>,
     next_batch: AtomicU64,
 }
 
@@ -379,15 +387,23 @@ impl AddressSpace {
     /// [`crate::mm::batch`]).
     pub fn batch(&self) -> FlushBatch<'_> {
         let id = self.next_batch.fetch_add(1, Ordering::Relaxed);
-        self.batches.lock().push((id, None));
+        self.batches.lock().push(BatchClaim {
+            id,
+            range: None,
+            makes: Vec::new(),
+        });
         FlushBatch::new(self, id)
     }
 
-    /// Widens batch `id`'s claim by `range` (before the change is made).
-    pub(super) fn claim_batch_range(&self, id: u64, range: FlushRange) {
+    /// Widens batch `id`'s claim by `range` (before the change is made). With `make`, the range
+    /// is also reserved for the batch's make step.
+    pub(super) fn claim_batch_range(&self, id: u64, range: FlushRange, make: bool) {
         let mut open = self.batches.lock();
-        if let Some(slot) = open.iter_mut().find(|(b, _)| *b == id) {
-            slot.1 = Some(slot.1.map_or(range, |r| r.hull(range)));
+        if let Some(c) = open.iter_mut().find(|c| c.id == id) {
+            c.range = Some(c.range.map_or(range, |r| r.hull(range)));
+            if make {
+                c.makes.push(range);
+            }
         }
     }
 
@@ -396,12 +412,35 @@ impl AddressSpace {
         self.batches
             .lock()
             .iter()
-            .any(|&(b, r)| b != id && r.is_some_and(|r| r.overlaps(range)))
+            .any(|c| c.id != id && c.range.is_some_and(|r| r.overlaps(range)))
     }
 
-    /// Closes batch `id` (after its flush).
+    /// The first page of a claim overlapping `range`: of any open batch (`except: None`), or of
+    /// batches other than `except`; with `makes_only`, only ranges reserved for make steps.
+    pub(super) fn claimed(
+        &self,
+        range: FlushRange,
+        except: Option<u64>,
+        makes_only: bool,
+    ) -> Option<VirtAddr> {
+        self.batches
+            .lock()
+            .iter()
+            .filter(|c| Some(c.id) != except)
+            .find_map(|c| {
+                let hit = |r: &FlushRange| r.overlaps(range);
+                if makes_only {
+                    c.makes.iter().find(|r| hit(r)).copied()
+                } else {
+                    c.range.filter(|r| hit(r))
+                }
+            })
+            .map(|r| r.start().unwrap_or(VirtAddr(0)))
+    }
+
+    /// Closes batch `id` (after its flush and its make steps).
     pub(super) fn release_batch(&self, id: u64, nested: bool) {
-        self.batches.lock().retain(|(b, _)| *b != id);
+        self.batches.lock().retain(|c| c.id != id);
         self.stats.count_batch(nested);
     }
 
@@ -426,13 +465,8 @@ impl AddressSpace {
         prefer_blocks: bool,
     ) -> Result<TlbFlush, AsError> {
         let (_g, mut pt) = self.locked();
-        let claimed = self
-            .batches
-            .lock()
-            .iter()
-            .find_map(|&(_, r)| r.filter(|r| r.overlaps(range.into())));
-        if let Some(r) = claimed {
-            return Err(AsError::BatchInFlight(r.start().unwrap_or(VirtAddr(0))));
+        if let Some(va) = self.claimed(range.into(), None, false) {
+            return Err(AsError::BatchInFlight(va));
         }
         Ok(pt.map(range, pa, attrs, prefer_blocks)?)
     }
@@ -454,10 +488,21 @@ impl AddressSpace {
     ///
     /// # Errors
     ///
-    /// [`AsError::Table`] (nothing changed); [`AsError::Flush`] (moved, but a secondary TLB may
-    /// still translate the old range: map nothing there).
+    /// [`AsError::Table`] (nothing changed); [`AsError::BatchInFlight`] if an open batch claims
+    /// part of the destination or reserved the source for a make step; [`AsError::Flush`]
+    /// (moved, but a secondary TLB may still translate the old range: map nothing there).
     pub fn move_range(&self, src: VaRange, dst: VirtAddr) -> Result<FlushDone, AsError> {
         let (_g, mut pt) = self.locked();
+        // The destination gets new entries: nothing there may still be cached (as for `map`),
+        // and the source must not be waiting for another batch's make step.
+        let dst_range =
+            FlushRange::from(VaRange::from_pages(dst, src.pages()).map_err(pgtable::Error::from)?);
+        if let Some(va) = self
+            .claimed(dst_range, None, false)
+            .or_else(|| self.claimed(src.into(), None, true))
+        {
+            return Err(AsError::BatchInFlight(va));
+        }
         let token = pt.move_range(src, dst)?;
         self.flush(token)
     }

@@ -11,9 +11,16 @@
 //! ([`FlushBatch::defer`]); break-before-make steps of the batch ([`FlushBatch::remap`]) write
 //! their new entries last. Nothing unmapped by a batch is reusable before every TLB forgot it.
 //!
-//! While a batch is open, the ranges it was asked to change belong to it: [`AddressSpace::map`]
-//! refuses to map into them ([`AsError::BatchInFlight`]), since a stale entry of the old mapping
-//! could still be cached until the batch's flush (Linux relies on `mmap_lock` for the same).
+//! While a batch is open, the ranges it was asked to change belong to it — and, where it unlinked
+//! a table, the 1 GiB around them: [`AddressSpace::map`] and moves refuse to write new entries
+//! there ([`AsError::BatchInFlight`]), since a stale entry of the old mapping (or a walk through
+//! the unlinked table) could still be cached until the batch's flush (Linux relies on
+//! `mmap_lock` for the same). The ranges of its break-before-make steps stay reserved until
+//! those steps wrote them: other batches may not change them meanwhile. A batch whose flush
+//! failed keeps its claim for good (fail closed).
+//!
+//! Nested-batch detection is between batches. A change made outside a batch returns a token
+//! its caller must flush before anything else relies on it; it claims nothing.
 //!
 //! # Nested batches
 //!
@@ -87,15 +94,34 @@ impl<'a> FlushBatch<'a> {
 
     /// Claims `range` for the batch before it is changed, so that a batch ending meanwhile sees
     /// the overlap (the claim is published before the table lock is taken for the change).
-    fn claim(&mut self, range: FlushRange) {
+    /// Refused if another open batch reserved part of it for a make step: unmapping or changing
+    /// what that step is about to write would be undone by it.
+    fn claim(&mut self, range: FlushRange) -> Result<(), AsError> {
+        if let Some(va) = self.space.claimed(range, Some(self.id), true) {
+            return Err(AsError::BatchInFlight(va));
+        }
         self.requested = Some(match self.requested {
             Some(r) => r.hull(range),
             None => range,
         });
-        self.space.claim_batch_range(self.id, range);
+        self.space.claim_batch_range(self.id, range, false);
+        Ok(())
     }
 
     fn absorb(&mut self, token: TlbFlush) {
+        // A table unlinked by the change stays reachable through walk caches until the flush:
+        // claim the 1 GiB regions around the change too, so nobody links a new table in its
+        // place before then (an unlinked level-1 table, 512 GiB, is not covered).
+        let unlinked = token.range().and_then(|r| r.as_range());
+        if let Some(r) = unlinked.filter(|_| !token.freed_tables().is_empty()) {
+            const GIB: u64 = 1 << 30;
+            let start = r.start().0 & !(GIB - 1);
+            let end = (r.start().0 + r.len()).div_ceil(GIB) * GIB;
+            if let Ok(wide) = VaRange::new(VirtAddr(start), end - start) {
+                self.requested = self.requested.map(|q| q.hull(wide.into()));
+                self.space.claim_batch_range(self.id, wide.into(), false);
+            }
+        }
         self.operations += 1;
         match &mut self.token {
             Some(t) => t.merge(token),
@@ -110,7 +136,7 @@ impl<'a> FlushBatch<'a> {
     ///
     /// [`AsError::Table`] (nothing changed).
     pub fn unmap(&mut self, range: VaRange) -> Result<(), AsError> {
-        self.claim(range.into());
+        self.claim(range.into())?;
         let t = self.space.with_table(|pt| pt.unmap_present(range))?;
         self.absorb(t);
         Ok(())
@@ -122,7 +148,7 @@ impl<'a> FlushBatch<'a> {
     ///
     /// [`AsError::Table`] (nothing changed).
     pub fn protect(&mut self, range: VaRange, perms: Perms) -> Result<(), AsError> {
-        self.claim(range.into());
+        self.claim(range.into())?;
         let t = self.space.with_table(|pt| pt.protect(range, perms))?;
         self.absorb(t);
         Ok(())
@@ -134,7 +160,7 @@ impl<'a> FlushBatch<'a> {
     ///
     /// [`AsError::Table`] (nothing changed).
     pub fn write_protect(&mut self, range: VaRange) -> Result<(), AsError> {
-        self.claim(range.into());
+        self.claim(range.into())?;
         let t = self.space.with_table(|pt| pt.write_protect(range))?;
         self.absorb(t);
         Ok(())
@@ -148,7 +174,17 @@ impl<'a> FlushBatch<'a> {
     ///
     /// [`AsError::Table`] (nothing changed).
     pub fn move_range(&mut self, src: VaRange, dst: VirtAddr) -> Result<(), AsError> {
-        self.claim(src.into());
+        // The destination gets new entries: no batch, this one included, may have a flush
+        // pending there. Both ends are claimed: until this batch's flush every TLB may still
+        // translate the source to the moved frames.
+        let dst_range: FlushRange = VaRange::from_pages(dst, src.pages())
+            .map_err(crate::mm::pgtable::Error::from)?
+            .into();
+        if let Some(va) = self.space.claimed(dst_range, None, false) {
+            return Err(AsError::BatchInFlight(va));
+        }
+        self.claim(src.into())?;
+        self.claim(dst_range)?;
         let t = self.space.with_table(|pt| pt.move_range(src, dst))?;
         self.absorb(t);
         Ok(())
@@ -161,7 +197,8 @@ impl<'a> FlushBatch<'a> {
     ///
     /// [`AsError::Table`] (nothing changed).
     pub fn remap(&mut self, range: VaRange, new_pa: PhysAddr) -> Result<(), AsError> {
-        self.claim(range.into());
+        self.claim(range.into())?;
+        self.space.claim_batch_range(self.id, range.into(), true);
         let bbm = self.space.with_table(|pt| pt.remap(range, new_pa))?;
         let (t, make) = bbm.into_parts();
         self.makes.push(make);
@@ -207,20 +244,35 @@ impl<'a> FlushBatch<'a> {
         }
         let flushed = token.range();
         let deferred = token.deferred_len();
-        let result = self.space.flush(token);
-        self.space.release_batch(self.id, nested);
-        let done: FlushDone = match result {
+        let done: FlushDone = match self.space.flush(token) {
             Ok(d) => d,
             Err(e) => {
+                // Fail closed: the claim stays (nobody maps there, overlapping batches keep
+                // flushing), and the broken ranges stay unmapped.
                 for make in self.makes.drain(..) {
                     make.abandon(&*self.space.env().frames);
                 }
+                log::error!(
+                    "batch {}: flush failed ({e}); its ranges stay claimed",
+                    self.id
+                );
                 return Err(e);
             }
         };
+        // Every make step is attempted; the first failure is reported.
+        let mut first_error = None;
         for make in self.makes.drain(..) {
-            let publish = self.space.with_table(|pt| make.make(pt, &done))?;
-            self.space.flush(publish)?;
+            let made = self
+                .space
+                .with_table(|pt| make.make(pt, &done))
+                .and_then(|publish| self.space.flush(publish).map(|_| ()));
+            if let Err(e) = made {
+                first_error.get_or_insert(e);
+            }
+        }
+        self.space.release_batch(self.id, nested);
+        if let Some(e) = first_error {
+            return Err(e);
         }
         Ok(BatchReport {
             operations: self.operations,
@@ -627,5 +679,64 @@ mod tests {
         assert!(st.batches >= 600, "{st:?}");
         // The threads really overlapped in some rounds (they start at a barrier).
         assert!(st.nested_batches > 0, "no batch ever overlapped: {st:?}");
+    }
+
+    /// What the review of the first version found, each now refused or handled.
+    #[test]
+    fn claims_cover_move_destinations_make_steps_and_failed_flushes() {
+        use core::sync::atomic::Ordering;
+        let f = fx(SecondaryTlbMode::Sync);
+        map(&f.space, X, 0x8000_0000, 2);
+        map(&f.space, X + 0x10_0000, 0x8010_0000, 1);
+        // A batched move claims its destination: a batch unmapping it meanwhile is nested.
+        let mut a = f.space.batch();
+        a.move_range(range(X, 2), VirtAddr(X + 0x20_0000)).unwrap();
+        let mut b = f.space.batch();
+        b.unmap(range(X + 0x20_0000, 2)).unwrap();
+        assert!(b.finish().unwrap().nested);
+        a.finish().unwrap();
+        // Nothing moves into a range whose flush is pending, this batch's own included.
+        map(&f.space, X, 0x8000_0000, 1);
+        let mut c = f.space.batch();
+        c.unmap(range(X, 1)).unwrap();
+        assert_eq!(
+            c.move_range(range(X + 0x10_0000, 1), VirtAddr(X)),
+            Err(AsError::BatchInFlight(VirtAddr(X)))
+        );
+        c.finish().unwrap();
+        // A make step's range is reserved until it is written.
+        map(&f.space, X, 0x8000_0000, 1);
+        let mut d = f.space.batch();
+        d.remap(range(X, 1), PhysAddr(0x9000_0000)).unwrap();
+        let mut e = f.space.batch();
+        assert_eq!(
+            e.unmap(range(X, 1)),
+            Err(AsError::BatchInFlight(VirtAddr(X)))
+        );
+        e.finish().unwrap();
+        d.finish().unwrap();
+        assert_eq!(
+            f.space.translate(VirtAddr(X)).unwrap().pa,
+            PhysAddr(0x9000_0000)
+        );
+        // A failed flush keeps the claim: nothing is mapped where the SMMU may still translate.
+        let bad = RecordingSecondary::new("bad", f.log.clone());
+        f.space.register_secondary(bad.clone()).unwrap();
+        bad.fail.store(true, Ordering::Relaxed);
+        let mut g = f.space.batch();
+        g.unmap(range(X, 1)).unwrap();
+        assert!(matches!(g.finish(), Err(AsError::Flush(_))));
+        bad.fail.store(false, Ordering::Relaxed);
+        assert_eq!(
+            f.space
+                .map(
+                    range(X, 1),
+                    PhysAddr(0x9100_0000),
+                    MapAttrs::SHARED_RW,
+                    false
+                )
+                .unwrap_err(),
+            AsError::BatchInFlight(VirtAddr(X & !((1 << 30) - 1)))
+        );
     }
 }

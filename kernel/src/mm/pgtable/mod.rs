@@ -981,6 +981,11 @@ impl<'a> PageTable<'a> {
                 DescKind::Block | DescKind::Page => return Err(Error::AlreadyMapped(self.va(off))),
             };
         }
+        // The slot itself must be empty: even an empty table there may be cached by a walker,
+        // and writing over it would need its own invalidation.
+        if self.read(table, index(off, level)).is_valid() {
+            return Err(Error::AlreadyMapped(self.va(off)));
+        }
         Ok((table, index(off, level)))
     }
 

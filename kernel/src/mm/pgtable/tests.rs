@@ -1283,6 +1283,19 @@ fn random_operations_match_model() {
 // Batch operations: hole-tolerant unmap, write-protect, move
 // ---------------------------------------------------------------------------------------------
 
+/// Maps one 2 MiB block at 1 GiB to 0x4200_0000, read-write, and completes the flush.
+fn map_block(fx: &Fx, pt: &mut PageTable<'_>) {
+    map(
+        fx,
+        pt,
+        0x4000_0000,
+        0x20_0000,
+        0x4200_0000,
+        MapAttrs::SHARED_RW,
+        true,
+    );
+}
+
 /// Maps `len` bytes at `v` to `p` and completes the flush.
 fn map(fx: &Fx, pt: &mut PageTable<'_>, v: u64, len: u64, p: u64, attrs: MapAttrs, blocks: bool) {
     fx.complete(pt.map(range(v, len), pa(p), attrs, blocks).unwrap());
@@ -1382,15 +1395,7 @@ fn move_range_keeps_frames_and_moves_blocks_and_tables() {
     let fx = Fx::new();
     let mut pt = fx.table(VaHalf::Lower);
     // A 2 MiB block, then 512 pages (a whole L3 table), then one page.
-    map(
-        &fx,
-        &mut pt,
-        0x4000_0000,
-        0x20_0000,
-        0x4200_0000,
-        MapAttrs::SHARED_RW,
-        true,
-    );
+    map_block(&fx, &mut pt);
     map(
         &fx,
         &mut pt,
@@ -1446,15 +1451,7 @@ fn move_range_keeps_frames_and_moves_blocks_and_tables() {
 fn move_range_errors_change_nothing() {
     let fx = Fx::new();
     let mut pt = fx.table(VaHalf::Lower);
-    map(
-        &fx,
-        &mut pt,
-        0x4000_0000,
-        0x20_0000,
-        0x4200_0000,
-        MapAttrs::SHARED_RW,
-        true,
-    );
+    map_block(&fx, &mut pt);
     map(
         &fx,
         &mut pt,
@@ -1559,4 +1556,37 @@ fn tokens_carry_the_level_of_what_changed() {
     let t = pt.unmap(range(0x40_0000, 4 * 4096)).unwrap();
     assert_eq!(hint(&t), tlb::LeafHint::UNKNOWN);
     fx.complete(t);
+}
+
+#[test]
+fn move_refuses_to_write_over_an_empty_table() {
+    let fx = Fx::new();
+    let mut pt = fx.table(VaHalf::Lower);
+    map_block(&fx, &mut pt);
+    // A broken remap leaves an L3 table of invalid entries at the destination.
+    map(
+        &fx,
+        &mut pt,
+        0x6000_0000,
+        4096,
+        0x4300_0000,
+        MapAttrs::SHARED_RW,
+        false,
+    );
+    let (flush, make) = pt
+        .remap(range(0x6000_0000, 4096), pa(0x4400_0000))
+        .unwrap()
+        .into_parts();
+    fx.complete(flush);
+    assert_eq!(
+        pt.move_range(range(0x4000_0000, 0x20_0000), va(0x6000_0000))
+            .unwrap_err(),
+        Error::AlreadyMapped(va(0x6000_0000))
+    );
+    assert_eq!(
+        pt.translate(va(0x4000_0000)).unwrap().level,
+        2,
+        "nothing moved"
+    );
+    make.abandon(&fx.mem);
 }

@@ -38,8 +38,10 @@
 //!   TLBs hear only of what the batch cleared itself: the nested batch returns while the device
 //!   still holds translations the other batch cleared.
 //! - `move-late`: a move's ([`FlushCause::Move`]) invalidation of the old range reaches the
-//!   secondary TLBs only at the next flush of the address space, after the move returned: a
-//!   device write through the old address lands in the moved page.
+//!   secondary TLBs only with the next invalidation of the address space that reaches them,
+//!   after the move returned: a device write through the old address lands in the moved page.
+//!   It applies to [`AddressSpace::move_range`](crate::mm::address_space::AddressSpace::move_range);
+//!   a move inside a batch is flushed as the batch (cause `Batch`), which the mode leaves alone.
 
 use alloc::{string::String, sync::Arc, vec::Vec};
 use core::{
@@ -369,8 +371,9 @@ pub struct SecondaryTlbs {
     list: Mutex<Arc<Vec<Arc<Entry>>>>,
     next_id: AtomicU64,
     mode_override: AtomicU8,
-    /// An invalidation put off by the mode ([`Delivery::Later`]), delivered with the next one.
-    owed: Mutex<Option<(u16, FlushRange)>>,
+    /// Invalidations put off by the mode ([`Delivery::Later`]), one per ASID, delivered with the
+    /// next one that reaches the secondary TLBs.
+    owed: Mutex<Vec<(u16, FlushRange)>>,
 }
 
 impl Default for SecondaryTlbs {
@@ -386,7 +389,7 @@ impl SecondaryTlbs {
             list: Mutex::new(Arc::new(Vec::new())),
             next_id: AtomicU64::new(1),
             mode_override: AtomicU8::new(NO_OVERRIDE),
-            owed: Mutex::new(None),
+            owed: Mutex::new(Vec::new()),
         }
     }
 
@@ -496,17 +499,17 @@ impl SecondaryTlbs {
             }
             Delivery::Later => {
                 let mut owed = self.owed.lock();
-                *owed = Some(match *owed {
-                    Some((a, r)) if a == asid => (asid, r.hull(range)),
-                    _ => (asid, range),
-                });
+                match owed.iter_mut().find(|(a, _)| *a == asid) {
+                    Some((_, r)) => *r = r.hull(range),
+                    None => owed.push((asid, range)),
+                }
                 report.skipped = list.len() as u64;
                 return report;
             }
         }
         // A put-off invalidation goes out first (too late: that was the point of the mode).
-        let owed = self.owed.lock().take();
-        if let Some((owed_asid, owed_range)) = owed {
+        let owed = core::mem::take(&mut *self.owed.lock());
+        for (owed_asid, owed_range) in owed {
             self.notify_list(
                 &list,
                 (owed_asid, owed_range, FlushCause::Move),
@@ -546,7 +549,7 @@ impl SecondaryTlbs {
 
     /// Whether an invalidation put off by `move-late` is still owed to the secondary TLBs.
     pub fn owes_invalidation(&self) -> bool {
-        self.owed.lock().is_some()
+        !self.owed.lock().is_empty()
     }
 
     /// Reports one invalidation to a single, already unregistered TLB (teardown of a
@@ -565,8 +568,8 @@ impl SecondaryTlbs {
     ) -> Result<(), SecondaryTlbError> {
         if self.effective_mode().should_notify(false) {
             if range == FlushRange::All {
-                // Whatever `move-late` still owes is covered.
-                self.owed.lock().take();
+                // Whatever `move-late` still owes for this ASID is covered.
+                self.owed.lock().retain(|(a, _)| *a != asid);
             }
             tlb.invalidate(asid, range, cause)
         } else {
