@@ -37,6 +37,10 @@ pub struct BootConfig {
     pub smmu_ril: bool,
     /// `edu.completion=irq|poll` (default `irq`).
     pub edu_completion: Completion,
+    /// `stress.seed=N` (default 1): the randomized stress's seed.
+    pub stress_seed: u64,
+    /// `stress.ops=N` (default 400): the randomized stress's operation budget.
+    pub stress_ops: u64,
 }
 
 impl Default for BootConfig {
@@ -50,6 +54,8 @@ impl Default for BootConfig {
             smmu_inval: InvalPolicy::Precise,
             smmu_ril: true,
             edu_completion: Completion::Irq,
+            stress_seed: 1,
+            stress_ops: 400,
         }
     }
 }
@@ -241,6 +247,22 @@ pub static KEYS: &[Key] = &[
             Ok(())
         },
     },
+    Key {
+        name: "stress.seed",
+        accepted: "a number",
+        apply: |k, c, v| {
+            c.stress_seed = value(k, v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "stress.ops",
+        accepted: "a number",
+        apply: |k, c, v| {
+            c.stress_ops = value(k, v)?;
+            Ok(())
+        },
+    },
 ];
 
 impl BootConfig {
@@ -295,6 +317,8 @@ mod tests {
                 smmu_inval: InvalPolicy::Linux66,
                 smmu_ril: false,
                 edu_completion: Completion::Poll,
+                stress_seed: 1,
+                stress_ops: 400,
             }
         );
         assert_eq!(

@@ -16,6 +16,7 @@ pub use outcome::Outcome;
 pub mod permission;
 pub mod ranges;
 pub mod sharing;
+pub mod stress;
 pub mod unmap_remap;
 
 use crate::mm::tlb::SecondaryTlbMode;
