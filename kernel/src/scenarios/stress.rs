@@ -11,7 +11,8 @@
 //!
 //! This first version runs on one CPU, one address space and one device (issue 12 asks for
 //! more: several CPUs, spaces and devices). Operations: map, unmap, protect up and down, remap
-//! (break-before-make), batches of unmaps and protects, and whole-space flushes. With the
+//! (break-before-make), moves (mremap), batches of unmaps and write-protects, and whole-space
+//! flushes. With the
 //! secondary TLB told (`sync`) there must be no mismatch; in `legacy` and `off` the generator
 //! must find one — the first divergence's operation index is reported.
 
@@ -77,6 +78,8 @@ pub struct StressReport {
     pub checks: u64,
     /// The first mismatch: the operation index and what differed.
     pub mismatch: Option<(u64, String)>,
+    /// Guest time of the run, in ns (virtual time under icount).
+    pub guest_ns: u64,
 }
 
 /// Runs `ops` operations from `seed` with the secondary TLB told as `mode`.
@@ -92,6 +95,7 @@ pub fn run(seed: u64, ops: u64, mode: SecondaryTlbMode) -> Result<StressReport, 
         pool.fill(f as u64 * PAGE_SIZE, PAGE_SIZE as usize, model.frames[f]);
     }
     let mut rng = Rng::new(seed);
+    let start = crate::time::now_ns();
     let mut log: VecDeque<String> = VecDeque::new();
     let mut checks = 0;
     let slot_va = |s: usize| WINDOW + s as u64 * PAGE_SIZE;
@@ -100,7 +104,7 @@ pub fn run(seed: u64, ops: u64, mode: SecondaryTlbMode) -> Result<StressReport, 
         let s = rng.below(SLOTS);
         let va = slot_va(s);
         // Weights (of 100): map 20, unmap 10, protect 15, remap 8, batch 2, whole-space flush 2,
-        // device read 20, device write 23. Batches and whole-space flushes heal stale entries, so
+        // device read 20, move 3, device write 20. Batches and whole-space flushes heal stale entries, so
         // they are rare enough for staleness to last.
         let what = match (rng.below(100), model.slots[s]) {
             (0..=19, None) => match model.free_frame(&mut rng) {
@@ -191,6 +195,21 @@ pub fn run(seed: u64, ops: u64, mode: SecondaryTlbMode) -> Result<StressReport, 
                 }
                 w
             }
+            (97..=99, Some((f, rw))) => {
+                // mremap to a free slot: the old address must be gone from every TLB.
+                let free: Vec<usize> = (0..SLOTS).filter(|&t| model.slots[t].is_none()).collect();
+                if free.is_empty() {
+                    String::from("move skipped (no free slot)")
+                } else {
+                    let t = free[rng.below(free.len())];
+                    rig.space
+                        .move_range(range(va, 1)?, crate::mm::VirtAddr(slot_va(t)))
+                        .map_err(|e| format!("move_range: {e}"))?;
+                    model.slots[t] = Some((f, rw));
+                    model.slots[s] = None;
+                    format!("move slot {s} -> slot {t}")
+                }
+            }
             (_, _) => {
                 // The device writes the slot.
                 checks += 1;
@@ -235,6 +254,7 @@ pub fn run(seed: u64, ops: u64, mode: SecondaryTlbMode) -> Result<StressReport, 
         ops,
         checks,
         mismatch: None,
+        guest_ns: crate::time::now_ns() - start,
     })
 }
 
@@ -250,6 +270,7 @@ fn mismatch(
     StressReport {
         ops: op + 1,
         checks,
+        guest_ns: 0,
         mismatch: Some((
             op,
             format!(
@@ -269,7 +290,14 @@ crate::ktest! {
         let cfg = crate::init::config();
         let (seed, ops) = (cfg.stress_seed, cfg.stress_ops);
         let good = run(seed, ops, SecondaryTlbMode::Sync)?;
-        println!("stress seed={seed} ops={} checks={} mode=sync mismatch={:?}", good.ops, good.checks, good.mismatch);
+        println!(
+            "stress seed={seed} ops={} checks={} mode=sync mismatch={:?} guest_ms={} ops_per_guest_s={}",
+            good.ops,
+            good.checks,
+            good.mismatch,
+            good.guest_ns / 1_000_000,
+            good.ops * 1_000_000_000 / good.guest_ns.max(1)
+        );
         kassert!(good.mismatch.is_none(), "seed {seed}: {:?}", good.mismatch);
         kassert_eq!(good.ops, ops);
         // The controls get four times the budget: `legacy` diverges only after a read, an
