@@ -915,7 +915,7 @@ mod tests {
     use crate::mm::{
         pgtable::{
             MemType,
-            fake::{Dma, Ev, FakeMem, Log, ModelIotlb, RecordingSecondary, RecordingTlb},
+            fake::{Dma, Ev, FakeMem, Log, ModelIotlb, RecordingSecondary, fake_env},
         },
         tlb::{FlushCause, TlbiKind},
     };
@@ -945,14 +945,8 @@ mod tests {
     }
 
     fn fx(asid_bits: u32, cpus: usize, range_ops: bool) -> Fx {
-        let mem = Arc::new(FakeMem::new(2048));
         let log = Log::default();
-        let env = MmEnv {
-            mem: mem.clone(),
-            frames: mem.clone(),
-            tlb: Arc::new(RecordingTlb::new(range_ops, log.clone())),
-            asids: Arc::new(AsidAllocator::new(asid_bits, cpus).unwrap()),
-        };
+        let (mem, env) = fake_env(2048, asid_bits, cpus, range_ops, &log);
         Fx { mem, log, env }
     }
 

@@ -300,11 +300,9 @@ mod tests {
 
     use super::*;
     use crate::mm::{
-        address_space::MmEnv,
-        asid::AsidAllocator,
         pgtable::{
             MapAttrs,
-            fake::{Dma, Ev, FakeMem, Log, ModelIotlb, RecordingSecondary, RecordingTlb},
+            fake::{Dma, Ev, FakeMem, Log, ModelIotlb, RecordingSecondary, fake_env},
         },
         tlb::SecondaryTlbMode,
     };
@@ -323,14 +321,8 @@ mod tests {
     }
 
     fn fx(mode: SecondaryTlbMode) -> Fx {
-        let mem = Arc::new(FakeMem::new(4096));
         let log = Log::default();
-        let env = MmEnv {
-            mem: mem.clone(),
-            frames: mem.clone(),
-            tlb: Arc::new(RecordingTlb::new(true, log.clone())),
-            asids: Arc::new(AsidAllocator::new(16, 2).unwrap()),
-        };
+        let (mem, env) = fake_env(4096, 16, 2, true, &log);
         let space = AddressSpace::new(env).unwrap();
         space.set_secondary_mode_override(Some(mode));
         Fx { mem, log, space }

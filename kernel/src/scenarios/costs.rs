@@ -144,6 +144,15 @@ fn sample(pages: u64) -> Vec<u64> {
     v
 }
 
+/// The device reads page `i` from `base` for each `i` of `pages` (the SMMU caches them).
+fn probe(rig: &Rig, base: u64, pages: impl Iterator<Item = u64>, what: &str) -> Result<(), String> {
+    for i in pages {
+        rig.device_probe(base + i * PAGE_SIZE)
+            .map_err(|e| format!("{what} page {i}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Runs one shape: set up, cache, change + flush (marked), check fresh, re-read the working
 /// set. Returns the `inval-cost` line.
 fn run_shape(rig: &Rig, name: &str, change: Change) -> Result<String, String> {
@@ -163,18 +172,27 @@ fn run_shape(rig: &Rig, name: &str, change: Change) -> Result<String, String> {
     let nb_va = va + pages * PAGE_SIZE;
     let neighbours = Frames::alloc(NEIGHBOURS, PAGE_SIZE)?;
     crate::testkit::map(&rig.space, nb_va, neighbours.pa(0), NEIGHBOURS, Perms::R)?;
-    for &i in &checked {
-        rig.device_probe(va + i * PAGE_SIZE)
-            .map_err(|e| format!("{name}: caching page {i}: {e}"))?;
-    }
-    for i in 0..WORKING_SET {
-        rig.device_probe(WS_VA + i * PAGE_SIZE)
-            .map_err(|e| format!("{name}: caching working-set page {i}: {e}"))?;
-    }
-    for i in 0..NEIGHBOURS {
-        rig.device_probe(nb_va + i * PAGE_SIZE)
-            .map_err(|e| format!("{name}: caching neighbour page {i}: {e}"))?;
-    }
+    probe(
+        rig,
+        va,
+        checked.iter().copied(),
+        &format!("{name}: caching changed"),
+    )?;
+    let read_working_sets = |what: &str| {
+        probe(
+            rig,
+            WS_VA,
+            0..WORKING_SET,
+            &format!("{name}: {what} working-set"),
+        )?;
+        probe(
+            rig,
+            nb_va,
+            0..NEIGHBOURS,
+            &format!("{name}: {what} neighbour"),
+        )
+    };
+    read_working_sets("caching")?;
     let (changed, commands) = commands_during(|| -> Result<u64, String> {
         let r = range(va, pages)?;
         let start = crate::time::now_ns();
@@ -209,14 +227,7 @@ fn run_shape(rig: &Rig, name: &str, change: Change) -> Result<String, String> {
     let elapsed_ns = changed?;
     // The working set first (its first lookups after the window are what the report counts),
     // then the changed pages must be fresh: writable now.
-    for i in 0..WORKING_SET {
-        rig.device_probe(WS_VA + i * PAGE_SIZE)
-            .map_err(|e| format!("{name}: re-reading working-set page {i}: {e}"))?;
-    }
-    for i in 0..NEIGHBOURS {
-        rig.device_probe(nb_va + i * PAGE_SIZE)
-            .map_err(|e| format!("{name}: re-reading neighbour page {i}: {e}"))?;
-    }
+    read_working_sets("re-reading")?;
     rig.load_device(0x5C, 16)?;
     let mut stale = Vec::new();
     for &i in &checked {

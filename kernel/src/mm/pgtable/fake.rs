@@ -348,3 +348,22 @@ impl SecondaryTlb for ModelIotlb {
         Ok(())
     }
 }
+
+/// An address-space environment over `frames` frames of fake memory, with a recording CPU TLB
+/// (TLBI range operations when `range_ops`) logging to `log`: (the memory, the environment).
+pub(crate) fn fake_env(
+    frames: usize,
+    asid_bits: u32,
+    cpus: usize,
+    range_ops: bool,
+    log: &Log,
+) -> (Arc<FakeMem>, crate::mm::address_space::MmEnv) {
+    let mem = Arc::new(FakeMem::new(frames));
+    let env = crate::mm::address_space::MmEnv {
+        mem: mem.clone(),
+        frames: mem.clone(),
+        tlb: Arc::new(RecordingTlb::new(range_ops, log.clone())),
+        asids: Arc::new(crate::mm::asid::AsidAllocator::new(asid_bits, cpus).unwrap()),
+    };
+    (mem, env)
+}

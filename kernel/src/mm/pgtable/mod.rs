@@ -739,11 +739,25 @@ impl<'a> PageTable<'a> {
 
     /// Every page of `[s, e)` is mapped, and every leaf is either entirely inside or outside.
     fn check_mapped(&self, table: PhysAddr, level: u8, s: u64, e: u64) -> Result<(), Error> {
+        self.check_leaves(table, level, s, e, false)
+    }
+
+    /// Every leaf overlapping `[s, e)` lies entirely inside it; with `holes`, unmapped pages are
+    /// allowed, otherwise [`Error::NotMapped`].
+    fn check_leaves(
+        &self,
+        table: PhysAddr,
+        level: u8,
+        s: u64,
+        e: u64,
+        holes: bool,
+    ) -> Result<(), Error> {
         for_each_entry(level, s, e, |i, base, cs, ce| {
             let d = self.read(table, i);
             match d.kind(level) {
+                DescKind::Invalid if holes => Ok(()),
                 DescKind::Invalid => Err(Error::NotMapped(self.va(cs))),
-                DescKind::Table => self.check_mapped(d.addr(), level + 1, cs, ce),
+                DescKind::Table => self.check_leaves(d.addr(), level + 1, cs, ce, holes),
                 DescKind::Block | DescKind::Page if cs != base || ce != base + span(level) => {
                     Err(Error::BlockInTheWay(self.va(base)))
                 }
@@ -782,8 +796,12 @@ impl<'a> PageTable<'a> {
     /// [`Error::AddressRange`], [`Error::NotMapped`] if any page is not mapped,
     /// [`Error::BlockInTheWay`] if the range covers part of a block.
     pub fn unmap(&mut self, range: VaRange) -> Result<TlbFlush, Error> {
+        self.unmap_leaves(range, false)
+    }
+
+    fn unmap_leaves(&mut self, range: VaRange, holes: bool) -> Result<TlbFlush, Error> {
         let (s, e) = self.offsets(range)?;
-        self.check_mapped(self.root, 0, s, e)?;
+        self.check_leaves(self.root, 0, s, e, holes)?;
         let mut ch = Changes::new(false);
         self.unmap_apply(self.root, 0, s, e, &mut ch);
         Ok(ch.into_flush(self, FlushCause::Unmap))
@@ -822,26 +840,7 @@ impl<'a> PageTable<'a> {
     ///
     /// [`Error::AddressRange`], [`Error::BlockInTheWay`] if the range covers part of a block.
     pub fn unmap_present(&mut self, range: VaRange) -> Result<TlbFlush, Error> {
-        let (s, e) = self.offsets(range)?;
-        self.check_whole_leaves(self.root, 0, s, e)?;
-        let mut ch = Changes::new(false);
-        self.unmap_apply(self.root, 0, s, e, &mut ch);
-        Ok(ch.into_flush(self, FlushCause::Unmap))
-    }
-
-    /// Every leaf overlapping `[s, e)` lies entirely inside it (holes allowed).
-    fn check_whole_leaves(&self, table: PhysAddr, level: u8, s: u64, e: u64) -> Result<(), Error> {
-        for_each_entry(level, s, e, |i, base, cs, ce| {
-            let d = self.read(table, i);
-            match d.kind(level) {
-                DescKind::Invalid => Ok(()),
-                DescKind::Table => self.check_whole_leaves(d.addr(), level + 1, cs, ce),
-                DescKind::Block | DescKind::Page if cs != base || ce != base + span(level) => {
-                    Err(Error::BlockInTheWay(self.va(base)))
-                }
-                DescKind::Block | DescKind::Page => Ok(()),
-            }
-        })
+        self.unmap_leaves(range, true)
     }
 
     /// Removes write permission from every writable leaf in `range`, in place, leaving holes and
@@ -853,7 +852,7 @@ impl<'a> PageTable<'a> {
     /// [`Error::AddressRange`], [`Error::BlockInTheWay`].
     pub fn write_protect(&mut self, range: VaRange) -> Result<TlbFlush, Error> {
         let (s, e) = self.offsets(range)?;
-        self.check_whole_leaves(self.root, 0, s, e)?;
+        self.check_leaves(self.root, 0, s, e, true)?;
         let mut ch = Changes::new(false);
         self.for_each_leaf(self.root, 0, s, e, &mut |table, i, level, base, d| {
             let perms = d.attrs().perms;

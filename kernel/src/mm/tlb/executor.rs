@@ -322,7 +322,7 @@ pub fn execute(token: TlbFlush, target: &FlushTarget<'_>) -> Result<FlushDone, F
             // `nested-unaware` reproduces a nested batch that tells the secondary TLBs what it
             // cleared itself, never the widened range (the mode skips `NestedBatch`).
             let told = match own {
-                Some(Some((own_inval, own_cause, own_up)))
+                Some((own_inval, own_cause, own_up))
                     if list.effective_mode() == SecondaryTlbMode::NestedUnaware =>
                 {
                     (own_inval, own_cause, own_up)

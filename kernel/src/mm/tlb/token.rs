@@ -124,7 +124,7 @@ pub struct TlbFlush {
     deferred: Vec<Deferred>,
     gathered: bool,
     /// Set by [`TlbFlush::force_nested`]: what the token invalidated before it was widened.
-    own: Option<Option<(Invalidation, FlushCause, bool)>>,
+    own: Option<(Invalidation, FlushCause, bool)>,
     armed: bool,
 }
 
@@ -237,7 +237,7 @@ impl TlbFlush {
     /// [`FlushCause::NestedBatch`], whatever it changed itself: the flush of a batch that ran
     /// while another batch of the address space was in flight.
     pub(crate) fn force_nested(&mut self, range: FlushRange) {
-        self.own = Some(self.inval.map(|i| (i, self.cause, self.upgrade_only)));
+        self.own = self.inval.map(|i| (i, self.cause, self.upgrade_only));
         let range = match self.inval {
             Some(inv) => inv.range.hull(range),
             None => range,
@@ -340,8 +340,8 @@ pub(super) struct Parts {
     pub(super) deferred: Vec<Deferred>,
     pub(super) gathered: bool,
     /// For a widened nested-batch flush: the batch's own invalidation (cause, upgrade-only)
-    /// before widening, `Some(None)` if it had none.
-    pub(super) own: Option<Option<(Invalidation, FlushCause, bool)>>,
+    /// before widening, if it had one.
+    pub(super) own: Option<(Invalidation, FlushCause, bool)>,
 }
 
 impl fmt::Debug for TlbFlush {
